@@ -1,0 +1,16 @@
+"""The ``agentpod`` command: run the stack, migrate the database, operate the system."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import db, serve
+
+app = typer.Typer(help="AgentPod control plane.", no_args_is_help=True, add_completion=False)
+app.add_typer(db.app, name="db")
+serve.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

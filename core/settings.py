@@ -1,0 +1,88 @@
+"""Configuration from the environment (prefix ``AGENTPOD_``), read once per process.
+
+Every knob an operator may turn lives here, with a default that runs the embedded stack
+(SQLite under ``./var``, the Temporal dev server on localhost). The README's configuration
+table is generated from the field descriptions below, so keep them short and true.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """All runtime configuration. Construct through :func:`get_settings` in application code."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTPOD_", env_file=".env", extra="ignore")
+
+    dev_mode: bool = Field(
+        False,
+        description="Development mode: generates a local encryption key under the data directory if none is set.",
+    )
+    data_dir: Path = Field(Path("var"), description="Directory for the embedded database, dev keys and logs.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy async URL. Empty means a SQLite file `agentpod.db` in the data directory; "
+        "use `postgresql+asyncpg://user:pass@host/db` to scale out.",
+    )
+
+    temporal_address: str = Field("localhost:7233", description="Temporal frontend host:port.")
+    temporal_namespace: str = Field("default", description="Temporal namespace.")
+    temporal_task_queue: str = Field("agentpod", description="Task queue the worker polls.")
+    temporal_ui_port: int = Field(8233, description="Port of the Temporal Web UI started by `agentpod dev`.")
+
+    encryption_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Ordered keyring `kid:base64key,kid2:base64key` (32-byte AES-256 keys). "
+        "The first key encrypts; every key decrypts.",
+    )
+
+    docker_host: str = Field("", description="Docker engine URL; empty uses the environment's default socket.")
+    docker_network: str = Field("bridge", description="Docker network sandboxes join.")
+    sandbox_image: str = Field("agentpod-sandbox:dev", description="Image used for flavors without their own.")
+    flavor_images: dict[str, str] = Field(
+        default_factory=dict, description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.'
+    )
+    public_domain: str = Field("localhost", description="Base domain of sandbox URLs.")
+
+    api_host: str = Field("127.0.0.1", description="Interface the API binds to.")
+    api_port: int = Field(8000, description="Port the API listens on.")
+    auth_token_ttl_hours: int = Field(24 * 30, ge=1, description="Lifetime of a bearer token, in hours.")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, in bytes.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed."
+    )
+
+    archival_hour: int = Field(3, ge=0, le=23, description="Hour of the daily activity-log archival run.")
+    archival_timezone: str = Field("UTC", description="IANA time zone of the archival hour.")
+    activity_retention_days: int = Field(90, ge=1, description="Days activity rows stay before archival.")
+
+    @field_validator("encryption_keys", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        # Environment variables are flat strings; a comma list reads better than JSON there.
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'agentpod.db').resolve()}"
+
+    def image_for_flavor(self, flavor_id: str) -> str:
+        """The container image a flavor runs on."""
+        return self.flavor_images.get(flavor_id, self.sandbox_image)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings (cached: the environment is read once)."""
+    return Settings()

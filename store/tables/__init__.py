@@ -1,0 +1,28 @@
+"""Every table of the control plane, one module per feature. Import from here."""
+
+from store.tables.activity import ActivityLog, ActivityLogArchive
+from store.tables.catalog import ContainerAddon, ContainerFlavor, ResourceTier
+from store.tables.chat import ChatMessage, ChatSession
+from store.tables.opencode import UserOpencodeConfig, UserOpencodeFile
+from store.tables.preferences import UserPreferences
+from store.tables.providers import ProviderCredential
+from store.tables.sandboxes import Sandbox
+from store.tables.users import AuthSession, OAuthAccount, User
+
+__all__ = [
+    "ActivityLog",
+    "ActivityLogArchive",
+    "AuthSession",
+    "ChatMessage",
+    "ChatSession",
+    "ContainerAddon",
+    "ContainerFlavor",
+    "OAuthAccount",
+    "ProviderCredential",
+    "ResourceTier",
+    "Sandbox",
+    "User",
+    "UserOpencodeConfig",
+    "UserOpencodeFile",
+    "UserPreferences",
+]
