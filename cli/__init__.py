@@ -11,6 +11,14 @@ app.add_typer(db.app, name="db")
 serve.register(app)
 
 
+@app.command()
+def openapi() -> None:
+    """Write the OpenAPI document to docs/openapi.json (the mobile app's client is generated from it)."""
+    from api.openapi_export import write
+
+    typer.echo(f"wrote {write()}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

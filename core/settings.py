@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class Settings(BaseSettings):
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
 
     dev_mode: bool = Field(
         False,
-        description="Development mode: generates a local encryption key under the data directory if none is set.",
+        description="Dev mode: generates a local encryption key in the data directory if none is set.",
     )
     data_dir: Path = Field(Path("var"), description="Directory for the embedded database, dev keys and logs.")
     database_url: str = Field(
@@ -42,11 +42,16 @@ class Settings(BaseSettings):
         "The first key encrypts; every key decrypts.",
     )
 
-    docker_host: str = Field("", description="Docker engine URL; empty uses the environment's default socket.")
+    docker_host: str = Field(
+        "", description="Docker engine URL; empty uses the environment's default socket."
+    )
     docker_network: str = Field("bridge", description="Docker network sandboxes join.")
-    sandbox_image: str = Field("agentpod-sandbox:dev", description="Image used for flavors without their own.")
+    sandbox_image: str = Field(
+        "agentpod-sandbox:dev", description="Image used for flavors without their own."
+    )
     flavor_images: dict[str, str] = Field(
-        default_factory=dict, description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.'
+        default_factory=dict,
+        description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.',
     )
     public_domain: str = Field("localhost", description="Base domain of sandbox URLs.")
 

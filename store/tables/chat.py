@@ -48,9 +48,7 @@ class ChatSession(IdMixin, TimestampsMixin, Base):
     acp_session_id: Mapped[str | None] = mapped_column(String(128))
     acp_agent_id: Mapped[str | None] = mapped_column(String(64))
     # Subagent sessions link to the session that spawned them instead of leaking into the list.
-    parent_session_id: Mapped[str | None] = mapped_column(
-        ForeignKey("chat_sessions.id", ondelete="SET NULL")
-    )
+    parent_session_id: Mapped[str | None] = mapped_column(ForeignKey("chat_sessions.id", ondelete="SET NULL"))
     title: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     message_count: Mapped[int] = mapped_column(default=0, server_default="0")

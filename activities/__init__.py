@@ -1,0 +1,18 @@
+"""Temporal activities: all I/O (database, Docker, OpenCode) lives here, and every one is idempotent.
+
+Activities are methods of small classes that receive their dependencies (database sessions,
+clients) once, at worker start. :func:`build_activities` returns every activity of the project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.activity_log import ActivityLogActivities
+from activities.resources import WorkerResources
+
+
+def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
+    """Every activity the worker registers."""
+    return [*ActivityLogActivities(resources).all()]

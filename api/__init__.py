@@ -1,0 +1,1 @@
+"""The REST front end for the mobile app (FastAPI). Routes are thin: they validate, authorize, delegate."""

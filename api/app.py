@@ -1,0 +1,64 @@
+"""The FastAPI application factory (``uvicorn --factory api.app:create_app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.client_ip import parse_networks
+from api.context import AppContext
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.routes import ROUTERS
+from core import temporal
+from core.settings import Settings, get_settings
+from security.keyring import load_keyring
+from store.engine import create_engine, session_factory
+from store.migrate import assert_schema_current
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "AgentPod Control Plane"
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Startup refuses a weak keyring or an out-of-date schema, with the fix in the message."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keyring = load_keyring(settings)
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await assert_schema_current(engine)
+            app.state.ctx = AppContext(
+                settings=settings,
+                engine=engine,
+                sessions=session_factory(engine),
+                keyring=keyring,
+                # Lazy: the API serves (and reports Temporal down in /api/health) while Temporal starts.
+                temporal=await temporal.connect(settings, lazy=True),
+                trusted_proxies=parse_networks(settings.trusted_proxies),
+            )
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description="REST API of the AgentPod control plane for the mobile app. "
+        'Every error uses the shape `{"error": {"code", "message", "details", "request_id"}}`.',
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Added last = outermost: the request id exists before anything else can fail.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,87 @@
+"""``Annotated`` dependencies every route uses: context, database session, authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+
+from api.client_ip import client_ip
+from api.context import AppContext
+from api.errors import Unauthorized
+from core.settings import Settings
+from store.tables import AuthSession, User
+from store.users import resolve_token
+
+
+def get_context(request: Request) -> AppContext:
+    """The process context created at startup."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+Context = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings(ctx: Context) -> Settings:
+    """The process settings."""
+    return ctx.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_db(ctx: Context) -> AsyncIterator[AsyncSession]:
+    """A database session per request; routes commit explicitly, anything uncommitted rolls back."""
+    async with ctx.sessions() as session:
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(get_db)]
+
+
+def get_temporal(ctx: Context) -> Client:
+    """The Temporal client (lazy: connects on first use)."""
+    return ctx.temporal
+
+
+TemporalClient = Annotated[Client, Depends(get_temporal)]
+
+_bearer = HTTPBearer(auto_error=False, description="Token from sign-up, sign-in or refresh.")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def get_auth(
+    db: DbSession,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> tuple[User, AuthSession]:
+    """The caller's user and session, or 401 (one message for missing, bad, expired or revoked)."""
+    if credentials is None:
+        raise Unauthorized("missing bearer token", headers=_CHALLENGE)
+    resolved = await resolve_token(db, credentials.credentials)
+    if resolved is None:
+        raise Unauthorized("invalid, expired or revoked token", headers=_CHALLENGE)
+    return resolved
+
+
+Auth = Annotated[tuple[User, AuthSession], Depends(get_auth)]
+
+
+async def get_current_user(auth: Auth) -> User:
+    """The authenticated user."""
+    return auth[0]
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_client_ip(request: Request, ctx: Context) -> str | None:
+    """The caller's IP (proxy-aware)."""
+    return client_ip(request, ctx.trusted_proxies)
+
+
+ClientIp = Annotated[str | None, Depends(get_client_ip)]

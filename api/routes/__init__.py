@@ -1,0 +1,5 @@
+"""HTTP routes, one module per feature. ``ROUTERS`` is what the app mounts."""
+
+from api.routes import auth, catalog, health, users
+
+ROUTERS = [health.router, auth.router, users.router, catalog.router]

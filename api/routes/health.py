@@ -1,0 +1,53 @@
+"""Liveness and dependency health."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Response, status
+
+from api.deps import Context
+from api.schemas.health import ComponentHealth, HealthOut
+from store.migrate import SchemaOutOfDateError, assert_schema_current
+
+router = APIRouter(prefix="/api", tags=["health"])
+
+_TIMEOUT_SECONDS = 3.0
+
+
+def _version() -> str:
+    try:
+        return version("agentpod-control-plane")
+    except PackageNotFoundError:
+        return "dev"
+
+
+async def _database(ctx: Context) -> ComponentHealth:
+    try:
+        await asyncio.wait_for(assert_schema_current(ctx.engine), _TIMEOUT_SECONDS)
+    except SchemaOutOfDateError as exc:
+        return ComponentHealth(ok=False, detail=str(exc))
+    except Exception as exc:  # any failure to reach the database is "not ok", with the reason
+        return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+    return ComponentHealth(ok=True)
+
+
+async def _temporal(ctx: Context) -> ComponentHealth:
+    try:
+        serving = await asyncio.wait_for(ctx.temporal.service_client.check_health(), _TIMEOUT_SECONDS)
+    except Exception as exc:  # unreachable, timeout, auth: all mean "not ok"
+        return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300] or "unreachable")
+    return ComponentHealth(ok=serving, detail=None if serving else "not serving")
+
+
+@router.get("/health", responses={503: {"model": HealthOut, "description": "A dependency is down"}})
+async def health(ctx: Context, response: Response) -> HealthOut:
+    """Whether the database (at the current schema) and Temporal are reachable. 503 when not."""
+    database, temporal = await asyncio.gather(_database(ctx), _temporal(ctx))
+    healthy = database.ok and temporal.ok
+    if not healthy:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return HealthOut(
+        status="ok" if healthy else "degraded", database=database, temporal=temporal, version=_version()
+    )

@@ -1,0 +1,1 @@
+"""Secrets handling: password hashing, bearer tokens and the encryption keyring."""

@@ -1,0 +1,36 @@
+"""Writing the audit trail: the one function every feature records activity through."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.activity import ActivityEvent
+from store.tables import ActivityLog
+
+_USER_AGENT_MAX = 512
+
+
+async def record_activity(
+    db: AsyncSession, event: ActivityEvent, *, event_id: str | None = None
+) -> ActivityLog:
+    """Add one activity row to ``db``'s transaction (the caller commits).
+
+    ``event_id`` makes the write idempotent for callers that may retry (Temporal activities):
+    the same id is inserted at most once.
+    """
+    if event_id is not None and (existing := await db.get(ActivityLog, event_id)) is not None:
+        return existing
+    row = ActivityLog(
+        user_id=event.user_id,
+        action=event.action,
+        entity_type=event.entity_type,
+        entity_id=event.entity_id,
+        metadata_=event.metadata,
+        ip_address=event.ip_address,
+        user_agent=(event.user_agent or "")[:_USER_AGENT_MAX] or None,
+    )
+    if event_id is not None:
+        row.id = event_id
+    db.add(row)
+    await db.flush()
+    return row

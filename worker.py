@@ -1,0 +1,62 @@
+"""The Temporal worker process: registers every workflow and activity, shuts down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from activities import build_activities
+from activities.resources import WorkerResources
+from core import temporal
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+from store.engine import create_engine, session_factory
+from store.migrate import assert_schema_current
+from workflows import ALL_WORKFLOWS
+
+log = logging.getLogger("agentpod.worker")
+
+
+async def build_worker(settings: Settings, resources: WorkerResources) -> Worker:
+    """A worker on the configured task queue with everything the project defines."""
+    assert resources.temporal is not None
+    return Worker(
+        resources.temporal,
+        task_queue=settings.temporal_task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=build_activities(resources),
+        # Lets running activities (e.g. a Docker start) finish before the process exits.
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    configure_logging()
+    settings = settings or get_settings()
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await assert_schema_current(engine)
+        client = await temporal.connect(settings)
+        resources = WorkerResources(settings=settings, sessions=session_factory(engine), temporal=client)
+        worker = await build_worker(settings, resources)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with worker:
+            log.info(
+                "worker polling task queue %r on %s", settings.temporal_task_queue, settings.temporal_address
+            )
+            await stop.wait()
+            log.info("shutting down worker")
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(run_worker())

@@ -1,0 +1,9 @@
+"""Temporal workflows: pure orchestration. Modules here import only the standard library,
+``temporalio`` and ``domain`` (never SQLAlchemy, httpx or docker: I/O belongs in ``activities``).
+
+``ALL_WORKFLOWS`` is what the worker registers.
+"""
+
+from __future__ import annotations
+
+ALL_WORKFLOWS: list[type] = []
