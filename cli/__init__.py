@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from cli import db, serve
+from cli import db, keys, serve
 
 app = typer.Typer(help="AgentPod control plane.", no_args_is_help=True, add_completion=False)
 app.add_typer(db.app, name="db")
+app.add_typer(keys.app, name="keys")
 serve.register(app)
 
 
