@@ -10,9 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.activity_log import ActivityLogActivities
+from activities.docker import DockerActivities
 from activities.resources import WorkerResources
+from activities.sandboxes import SandboxActivities
 
 
 def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
     """Every activity the worker registers."""
-    return [*ActivityLogActivities(resources).all()]
+    return [
+        *ActivityLogActivities(resources).all(),
+        *SandboxActivities(resources).all(),
+        *DockerActivities(resources).all(),
+    ]

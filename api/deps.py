@@ -12,9 +12,11 @@ from temporalio.client import Client
 
 from api.client_ip import client_ip
 from api.context import AppContext
-from api.errors import Unauthorized
+from api.errors import NotFound, Unauthorized
 from core.settings import Settings
-from store.tables import AuthSession, User
+from domain.sandbox import Actor
+from store import sandboxes
+from store.tables import AuthSession, Sandbox, User
 from store.users import resolve_token
 
 
@@ -85,3 +87,22 @@ def get_client_ip(request: Request, ctx: Context) -> str | None:
 
 
 ClientIp = Annotated[str | None, Depends(get_client_ip)]
+
+
+async def get_owned_sandbox(sandbox_id: str, user: CurrentUser, db: DbSession) -> Sandbox:
+    """The caller's sandbox ``sandbox_id``; another user's sandbox is indistinguishable from none (404)."""
+    sandbox = await sandboxes.get_owned(db, user.id, sandbox_id)
+    if sandbox is None:
+        raise NotFound("sandbox not found", code="sandbox_not_found")
+    return sandbox
+
+
+OwnedSandbox = Annotated[Sandbox, Depends(get_owned_sandbox)]
+
+
+def get_actor(request: Request, ip: ClientIp) -> Actor:
+    """The caller, as recorded in the audit trail of a sandbox transition."""
+    return Actor(kind="user", ip_address=ip, user_agent=request.headers.get("user-agent"))
+
+
+RequestActor = Annotated[Actor, Depends(get_actor)]

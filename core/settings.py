@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.',
     )
     public_domain: str = Field("localhost", description="Base domain of sandbox URLs.")
+    sandbox_drift_check_seconds: float = Field(
+        60.0, gt=0, description="How often each running sandbox's workflow checks its container still runs."
+    )
 
     api_host: str = Field("127.0.0.1", description="Interface the API binds to.")
     api_port: int = Field(8000, description="Port the API listens on.")

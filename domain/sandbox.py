@@ -80,3 +80,68 @@ class SandboxUrls(BaseModel):
     acp_gateway_url: str | None = None
     code_server_url: str | None = None
     vnc_url: str | None = None
+
+
+class Actor(BaseModel):
+    """Who asked for a transition, for the audit trail."""
+
+    kind: str = "operator"  # "user" (through the API) or "operator" (Temporal Web UI / CLI)
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+class TransitionRequest(BaseModel):
+    """Argument of the start / stop / reconfigure / delete updates (all fields optional for operators)."""
+
+    actor: Actor = Field(default_factory=Actor)
+    changed_fields: list[str] = Field(default_factory=list)  # reconfigure: what the user changed
+
+
+class SandboxWorkflowState(BaseModel):
+    """Everything the sandbox workflow knows; carried across continue-as-new."""
+
+    sandbox_id: str
+    user_id: str
+    desired: DesiredState = DesiredState.STOPPED
+    status: SandboxStatus = SandboxStatus.CREATED
+    error_message: str | None = None
+    container_id: str | None = None
+    urls: SandboxUrls = Field(default_factory=SandboxUrls)
+    # The operation being carried out right now (None when idle), for conflict checks.
+    in_progress: DesiredState | None = None
+    repairs: int = 0  # containers recreated or restarted after drifting
+    transitions: int = 0
+
+
+class SandboxWorkflowInput(BaseModel):
+    """Start argument of ``SandboxWorkflow``."""
+
+    sandbox_id: str
+    user_id: str
+    name: str = ""
+    drift_check_seconds: float = 60.0
+    state: SandboxWorkflowState | None = None
+
+
+class SetStatusInput(BaseModel):
+    """A status write (with the container id and URLs when they are known)."""
+
+    sandbox_id: str
+    status: SandboxStatus
+    error_message: str | None = None
+    container_id: str | None = None
+    urls: SandboxUrls | None = None
+
+
+class SandboxEndpoints(BaseModel):
+    """Where users reach a sandbox (public URLs) and where the control plane reaches OpenCode."""
+
+    urls: SandboxUrls
+    internal_opencode_url: str
+
+
+class PushCredentialsInput(BaseModel):
+    """Hand the user's agent credentials to a running OpenCode."""
+
+    user_id: str
+    opencode_url: str

@@ -6,4 +6,6 @@
 
 from __future__ import annotations
 
-ALL_WORKFLOWS: list[type] = []
+from workflows.sandbox import SandboxWorkflow
+
+ALL_WORKFLOWS: list[type] = [SandboxWorkflow]

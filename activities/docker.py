@@ -1,0 +1,184 @@
+"""Sandbox containers on the Docker engine, and waiting for the agent inside to come up.
+
+The engine calls are synchronous; each runs in a thread while the activity heartbeats, so a
+worker that dies mid-call is noticed by its heartbeat timeout rather than the (long) start-to-close
+timeout. Every activity is idempotent (see :mod:`integrations.docker_engine`), so Temporal may
+retry any of them freely. A cancelled activity stops waiting, but the engine call already in
+flight finishes in its thread; that is harmless for the same reason.
+
+Errors reach workflows as ``ApplicationError`` with ``type`` set to the engine exception's name:
+``ImageMissing`` and ``ContainerGone`` are non-retryable (retrying cannot help: build the image,
+or ensure the container again), ``DockerUnavailable`` and the rest are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.resources import WorkerResources
+from domain.sandbox import ContainerSpec, ContainerState
+from integrations.docker_engine import (
+    ContainerGone,
+    DockerEngine,
+    DockerEngineError,
+    ImageMissing,
+)
+
+T = TypeVar("T")
+
+HEARTBEAT_SECONDS = 1.0
+HEALTH_POLL_SECONDS = 0.25
+# Longest a single health request may take; later probes run meanwhile (see wait_opencode_healthy).
+HEALTH_REQUEST_TIMEOUT = 5.0
+STOP_TIMEOUT_SECONDS = 10
+
+
+class RemoveContainerInput(BaseModel):
+    """Which sandbox's container to remove, and whether its volumes (all its data) go too."""
+
+    sandbox_id: str
+    remove_volumes: bool = False
+
+
+class WaitHealthyInput(BaseModel):
+    """Where OpenCode listens (e.g. ``http://127.0.0.1:49153``) and how long to wait for it."""
+
+    base_url: str
+    timeout_seconds: float = Field(60.0, gt=0)
+
+
+def _forget_result(task: asyncio.Future[Any]) -> None:
+    # After a cancellation nobody awaits the thread's outcome; fetch it so asyncio does not
+    # log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class DockerActivities:
+    """Activities creating, starting, stopping and removing sandbox containers."""
+
+    def __init__(self, resources: WorkerResources) -> None:
+        self._docker_host = resources.settings.docker_host
+        self._engine: DockerEngine | None = None
+
+    @property
+    def engine(self) -> DockerEngine:
+        """The engine client, created on first use (so a worker starts even with Docker down)."""
+        if self._engine is None:
+            self._engine = DockerEngine(self._docker_host or None)
+        return self._engine
+
+    def all(self) -> list[Callable[..., Any]]:
+        """The activities this class provides."""
+        return [
+            self.docker_ensure_container,
+            self.docker_start_container,
+            self.docker_stop_container,
+            self.docker_remove_container,
+            self.docker_inspect_container,
+            self.wait_opencode_healthy,
+        ]
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking engine call in a thread, heartbeating until it returns."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        task.add_done_callback(_forget_result)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+                if done:
+                    return task.result()
+                activity.heartbeat()
+        except (ImageMissing, ContainerGone) as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        except DockerEngineError as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__) from exc
+
+    @activity.defn(name="docker_ensure_container")
+    async def docker_ensure_container(self, spec: ContainerSpec) -> ContainerState:
+        """Create volumes and container if missing (or recreate it for a changed spec); not started."""
+        return await self._call(self.engine.ensure_container, spec)
+
+    @activity.defn(name="docker_start_container")
+    async def docker_start_container(self, sandbox_id: str) -> ContainerState:
+        """Start the container; the result carries the host ports Docker chose."""
+        return await self._call(self.engine.start, sandbox_id)
+
+    @activity.defn(name="docker_stop_container")
+    async def docker_stop_container(self, sandbox_id: str) -> ContainerState:
+        """Stop the container; a missing container yields ``exists=False``."""
+        return await self._call(self.engine.stop, sandbox_id, STOP_TIMEOUT_SECONDS)
+
+    @activity.defn(name="docker_remove_container")
+    async def docker_remove_container(self, data: RemoveContainerInput) -> None:
+        """Remove the container and, if asked, its volumes; missing ones are fine."""
+        await self._call(self.engine.remove, data.sandbox_id, data.remove_volumes)
+
+    @activity.defn(name="docker_inspect_container")
+    async def docker_inspect_container(self, sandbox_id: str) -> ContainerState:
+        """What Docker says about the sandbox's container now."""
+        return await self._call(self.engine.inspect, sandbox_id)
+
+    @activity.defn(name="wait_opencode_healthy")
+    async def wait_opencode_healthy(self, data: WaitHealthyInput) -> None:
+        """Poll ``GET {base_url}/global/health`` every 250 ms until it says ``healthy: true``.
+
+        Probes overlap instead of waiting for each other: a request that reaches OpenCode in the
+        instant it starts listening is never answered, and waiting it out would add its whole
+        timeout to every sandbox start. Raises a retryable ``ApplicationError`` (type
+        ``OpenCodeUnhealthy``) on timeout, carrying the last answer or connection error.
+        """
+        url = data.base_url.rstrip("/") + "/global/health"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + data.timeout_seconds
+        next_probe = loop.time()
+        last = "no answer yet"
+        probes: set[asyncio.Task[tuple[bool, str]]] = set()
+        # trust_env=False: a proxy from the environment must not sit between us and a sandbox.
+        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_REQUEST_TIMEOUT) as client:
+            try:
+                while True:
+                    now = loop.time()
+                    if now >= deadline:
+                        raise ApplicationError(
+                            f"OpenCode at {url} not healthy after {data.timeout_seconds:g} s ({last})",
+                            type="OpenCodeUnhealthy",
+                        )
+                    if now >= next_probe:
+                        activity.heartbeat(last)
+                        probes.add(asyncio.create_task(_probe_health(client, url)))
+                        next_probe = now + HEALTH_POLL_SECONDS
+                    wait = min(next_probe, deadline) - now
+                    if not probes:
+                        await asyncio.sleep(wait)
+                        continue
+                    done, probes = await asyncio.wait(
+                        probes, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for probe in done:
+                        healthy, last = probe.result()
+                        if healthy:
+                            return
+            finally:
+                for probe in probes:
+                    probe.cancel()
+                await asyncio.gather(*probes, return_exceptions=True)
+
+
+async def _probe_health(client: httpx.AsyncClient, url: str) -> tuple[bool, str]:
+    """One health request: (healthy, what was seen)."""
+    try:
+        response = await client.get(url)
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
+        return False, f"{type(exc).__name__}: {exc}"
+    if isinstance(body, dict) and body.get("healthy") is True:
+        return True, "healthy"
+    return False, f"HTTP {response.status_code}: {response.text[:200]}"

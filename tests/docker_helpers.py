@@ -1,0 +1,47 @@
+"""Docker checks for tests: is the engine up, is the sandbox image built, what is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import docker
+from docker.errors import DockerException, ImageNotFound
+
+from domain.sandbox import container_name, volume_names
+from tests.requirements import missing
+
+SANDBOX_IMAGE = "agentpod-sandbox:dev"
+
+
+def docker_client() -> Any:
+    """A client for the local engine, with the sandbox image present (else skip / fail in CI)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        missing(f"no Docker engine: {exc}")
+    try:
+        client.images.get(SANDBOX_IMAGE)
+    except ImageNotFound:
+        missing(f"image {SANDBOX_IMAGE} is not built: run `make image`")
+    return client
+
+
+def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:
+    """Containers and volumes of a sandbox that still exist."""
+    containers = [
+        c.name for c in client.containers.list(all=True, filters={"name": container_name(sandbox_id)})
+    ]
+    wanted = set(volume_names(sandbox_id))
+    volumes = [v.name for v in client.volumes.list() if v.name in wanted]
+    return containers, volumes
+
+
+def purge(client: Any, sandbox_id: str) -> None:
+    """Remove whatever a failed test left behind."""
+    for container in client.containers.list(all=True, filters={"name": container_name(sandbox_id)}):
+        container.remove(force=True)
+    for name in volume_names(sandbox_id):
+        with contextlib.suppress(DockerException):
+            client.volumes.get(name).remove(force=True)

@@ -1,0 +1,164 @@
+"""A sandbox's whole life on real Docker, real Temporal and real OpenCode in the container."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from domain.sandbox import SandboxWorkflowState, container_name
+from domain.secrets import AgentCredentials, ProviderAuth
+from store.tables import ActivityLog
+from tests.docker_helpers import leftovers
+from tests.helpers import assert_error
+from tests.workflows.conftest import Stack
+from workflows.ids import sandbox_workflow_id
+from workflows.sandbox import SandboxWorkflow
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.temporal,
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+
+BASE = "/api/v2/sandboxes"
+
+
+async def _eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.25)
+
+
+async def _healthy(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return bool((await client.get(f"{url}/global/health")).json()["healthy"])
+
+
+async def _state(stack: Stack, sandbox_id: str) -> SandboxWorkflowState:
+    handle = stack.temporal.client.get_workflow_handle_for(
+        SandboxWorkflow.run, sandbox_workflow_id(sandbox_id)
+    )
+    return await handle.query(SandboxWorkflow.describe)
+
+
+async def test_full_life_create_start_stop_start_delete(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(addon_ids=["code-server"], github_url="https://github.com/a/b")
+    url = f"{BASE}/{sandbox['id']}"
+
+    started = await stack.client.post(f"{url}/start", headers=stack.headers)
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["status"] == "running" and body["error_message"] is None
+    assert await _healthy(body["opencode_url"])  # OpenCode answers through the stored URL
+    assert body["code_server_url"] and body["acp_gateway_url"] and body["vnc_url"] is None
+    container = stack.docker.containers.get(container_name(sandbox["id"]))
+    assert container.labels["agentpod.sandbox.id"] == sandbox["id"]
+    assert container.attrs["HostConfig"]["Memory"] == 2 * 1024**3  # starter tier
+
+    again = await stack.client.post(f"{url}/start", headers=stack.headers)  # repeated start is harmless
+    assert again.status_code == 200 and again.json()["status"] == "running"
+    assert stack.docker.containers.get(container_name(sandbox["id"])).id == container.id
+
+    stopped = await stack.client.post(f"{url}/stop", headers=stack.headers)
+    assert stopped.json()["status"] == "stopped"
+    assert stack.docker.containers.get(container.id).status == "exited"
+    stopped_again = await stack.client.post(f"{url}/stop", headers=stack.headers)
+    assert stopped_again.json()["status"] == "stopped"
+
+    restarted = await stack.client.post(f"{url}/start", headers=stack.headers)
+    assert restarted.json()["status"] == "running"
+    assert await _healthy(restarted.json()["opencode_url"])
+
+    deleted = await stack.client.delete(url, headers=stack.headers)
+    assert deleted.status_code == 204
+    assert leftovers(stack.docker, sandbox["id"]) == ([], [])
+    assert_error(await stack.client.get(url, headers=stack.headers), 404)
+    async with stack.sessions() as db:
+        actions = (
+            await db.scalars(
+                select(ActivityLog.action)
+                .where(ActivityLog.entity_id == sandbox["id"])
+                .order_by(ActivityLog.created_at)
+            )
+        ).all()
+    assert actions == ["sandbox.create", "sandbox.start", "sandbox.stop", "sandbox.start", "sandbox.delete"]
+
+
+async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(auto_start=True)
+    first = stack.docker.containers.get(container_name(sandbox["id"])).id
+    stack.docker.containers.get(first).remove(force=True)
+
+    async def repaired() -> dict[str, Any] | None:
+        body = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
+        return body if body["status"] == "running" and (await _state(stack, sandbox["id"])).repairs else None
+
+    body = await _eventually(repaired)
+    assert stack.docker.containers.get(container_name(sandbox["id"])).id != first
+    assert await _healthy(body["opencode_url"])
+
+
+async def test_worker_killed_mid_start_ends_with_exactly_one_running_container(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox()
+    url = f"{BASE}/{sandbox['id']}"
+    task = asyncio.create_task(stack.client.post(f"{url}/start", headers=stack.headers))
+
+    async def container_created() -> bool:
+        return bool(leftovers(stack.docker, sandbox["id"])[0])
+
+    await _eventually(container_created)
+    await stack.kill_worker()
+    await asyncio.sleep(1)
+    await stack.start_worker()
+    response = await task
+    assert response.status_code in (200, 202)
+
+    async def running() -> bool:
+        return bool((await stack.client.get(url, headers=stack.headers)).json()["status"] == "running")
+
+    await _eventually(running, timeout=120)
+    containers = stack.docker.containers.list(
+        all=True, filters={"label": f"agentpod.sandbox.id={sandbox['id']}"}
+    )
+    assert len(containers) == 1 and containers[0].status == "running"
+
+
+async def test_conflicting_transition_is_a_409(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox()
+    url = f"{BASE}/{sandbox['id']}"
+    starting = asyncio.create_task(stack.client.post(f"{url}/start", headers=stack.headers))
+
+    async def in_progress() -> bool:
+        return bool((await stack.client.get(url, headers=stack.headers)).json()["status"] == "starting")
+
+    await _eventually(in_progress)
+    assert_error(await stack.client.post(f"{url}/stop", headers=stack.headers), 409, "illegal_transition")
+    assert (await starting).json()["status"] == "running"
+
+
+@pytest.fixture
+def secrets_provider() -> Any:
+    class OneKey:
+        async def agent_credentials(self, user_id: str) -> AgentCredentials:
+            return AgentCredentials(providers={"anthropic": ProviderAuth(key="sk-test-SECRET-4242")})
+
+    return OneKey()
+
+
+async def test_provider_keys_reach_the_agent_but_not_docker_inspect(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(auto_start=True)
+    container = stack.docker.containers.get(container_name(sandbox["id"]))
+    assert "sk-test-SECRET-4242" not in json.dumps(container.attrs)
+    exit_code, output = container.exec_run(["sh", "-c", "cat /data/.local/share/opencode/auth.json"])
+    assert exit_code == 0 and b"sk-test-SECRET-4242" in output

@@ -1,0 +1,352 @@
+"""``SandboxWorkflow``: one durable entity per sandbox that drives its container to the desired state.
+
+Requests (updates from the API, signals from operators) only change the *desired* state; the run
+loop reconciles the container towards it with idempotent activities. A worker killed half-way
+through replays to the same point and the activities converge: never two containers, never a status
+that lies. Between requests the loop checks for drift (container removed or stopped behind our back)
+and repairs it from the database row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.activity import ActivityEvent
+    from domain.sandbox import (
+        ContainerSpec,
+        ContainerState,
+        DesiredState,
+        PushCredentialsInput,
+        SandboxEndpoints,
+        SandboxStatus,
+        SandboxWorkflowInput,
+        SandboxWorkflowState,
+        SetStatusInput,
+        TransitionRequest,
+    )
+
+STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodStatus")
+ILLEGAL_TRANSITION = "IllegalTransition"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """Timeouts and retries for one kind of activity."""
+
+    start_to_close: timedelta
+    retry: RetryPolicy
+    heartbeat: timedelta | None = None
+
+
+# Database writes retry until the database is back: the workflow is durable, the request waits.
+_DB = _Profile(timedelta(seconds=30), RetryPolicy(maximum_interval=timedelta(seconds=30)))
+_DOCKER = _Profile(
+    timedelta(minutes=3),
+    RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ImageMissing"]),
+    heartbeat=timedelta(seconds=30),
+)
+# Removal must eventually succeed: the row is only deleted after it, so no container is orphaned.
+_DOCKER_REMOVE = _Profile(
+    timedelta(minutes=3), RetryPolicy(maximum_interval=timedelta(minutes=1)), timedelta(seconds=30)
+)
+_HEALTH = _Profile(timedelta(seconds=150), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=15))
+HEALTH_TIMEOUT_SECONDS = 120.0
+# A sandbox left in error is retried by the drift check this many times (Docker may have been down),
+# then stays in error until the user or an operator asks again.
+MAX_ERROR_RETRIES = 3
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost message of an activity failure (what the user should read)."""
+    while isinstance(error, ActivityError) and error.cause is not None:
+        error = error.cause
+    return str(error) or type(error).__name__
+
+
+async def _call(activity: str, *args: Any, profile: _Profile, result_type: type[T]) -> T:
+    """Run an activity by name (workflows never import activity code, which does I/O)."""
+    result: T = await workflow.execute_activity(
+        activity,
+        args=list(args),
+        result_type=result_type,
+        start_to_close_timeout=profile.start_to_close,
+        heartbeat_timeout=profile.heartbeat,
+        retry_policy=profile.retry,
+    )
+    return result
+
+
+@workflow.defn
+class SandboxWorkflow:
+    """The life of one sandbox: start, stop, reconfigure, delete, and drift repair."""
+
+    @workflow.init
+    def __init__(self, data: SandboxWorkflowInput) -> None:
+        self._input = data
+        self.state = data.state or SandboxWorkflowState(sandbox_id=data.sandbox_id, user_id=data.user_id)
+        self._requested = 0  # generation of the newest request
+        self._completed = 0  # generation the container has been reconciled to
+        self._reconfigure = False
+        self._request: tuple[TransitionRequest, str] | None = None  # latest request + its audit action
+        self._deleted = False
+        self._error_retries = 0  # automatic retries of a start that ended in error
+
+    # ----------------------------------------------------------------- run loop
+
+    @workflow.run
+    async def run(self, data: SandboxWorkflowInput) -> SandboxWorkflowState:
+        """Reconcile on every request; check for drift when idle; continue-as-new before history grows."""
+        self._publish()
+        while not self._deleted:
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        self._requested > self._completed or workflow.info().is_continue_as_new_suggested()
+                    ),
+                    timeout=timedelta(seconds=data.drift_check_seconds),
+                )
+            except TimeoutError:
+                await self._check_drift()
+                continue
+            if self._requested > self._completed:
+                generation = self._requested
+                await self._reconcile()
+                self._completed = generation
+                continue
+            # Continue-as-new only while idle, after in-flight handlers return their answers.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._requested == self._completed and not self._deleted:
+                workflow.continue_as_new(data.model_copy(update={"state": self.state}))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state
+
+    # ----------------------------------------------------------------- requests
+
+    @workflow.update
+    async def start(self, request: TransitionRequest) -> SandboxWorkflowState:
+        """Run the sandbox; returns once it is running (or in error, with the reason)."""
+        return await self._ask(DesiredState.RUNNING, request, "sandbox.start")
+
+    @start.validator
+    def _validate_start(self, request: TransitionRequest) -> None:
+        self._validate(DesiredState.RUNNING)
+
+    @workflow.update
+    async def stop(self, request: TransitionRequest) -> SandboxWorkflowState:
+        """Stop the sandbox (volumes kept)."""
+        return await self._ask(DesiredState.STOPPED, request, "sandbox.stop")
+
+    @stop.validator
+    def _validate_stop(self, request: TransitionRequest) -> None:
+        self._validate(DesiredState.STOPPED)
+
+    @workflow.update
+    async def reconfigure(self, request: TransitionRequest) -> SandboxWorkflowState:
+        """Apply a changed row (tier, flavor, add-ons): a running container is recreated, volumes kept."""
+        self._reconfigure = True
+        return await self._ask(self.state.desired, request, None)
+
+    @reconfigure.validator
+    def _validate_reconfigure(self, request: TransitionRequest) -> None:
+        self._validate(self.state.desired)
+
+    @workflow.update
+    async def delete(self, request: TransitionRequest) -> SandboxWorkflowState:
+        """Remove container, volumes and row; the workflow then completes."""
+        return await self._ask(DesiredState.DELETED, request, "sandbox.delete")
+
+    @workflow.signal
+    async def operator_stop(self) -> None:
+        """For operators in the Web UI: stop this sandbox (same as the stop update, no reply)."""
+        if self.state.desired != DesiredState.DELETED:
+            self._desire(DesiredState.STOPPED, TransitionRequest(), "sandbox.stop")
+
+    @workflow.signal
+    async def operator_start(self) -> None:
+        """For operators in the Web UI: start this sandbox."""
+        if self.state.desired != DesiredState.DELETED:
+            self._desire(DesiredState.RUNNING, TransitionRequest(), "sandbox.start")
+
+    @workflow.query
+    def describe(self) -> SandboxWorkflowState:
+        """Desired and observed state."""
+        return self.state
+
+    def _validate(self, target: DesiredState) -> None:
+        # Validators run before anything is written to history: a rejected request leaves no trace.
+        if self.state.desired == DesiredState.DELETED:
+            raise ApplicationError("sandbox is being deleted", type=ILLEGAL_TRANSITION)
+        busy = self.state.in_progress or (self.state.desired if self._requested > self._completed else None)
+        if busy is not None and busy != target:
+            verb = {DesiredState.RUNNING: "starting", DesiredState.STOPPED: "stopping"}.get(busy, "busy")
+            raise ApplicationError(
+                f"sandbox is {verb}; wait until that finishes, then try again", type=ILLEGAL_TRANSITION
+            )
+
+    def _desire(self, target: DesiredState, request: TransitionRequest, action: str | None) -> int:
+        self.state.desired = target
+        self._error_retries = 0
+        if action is not None:
+            self._request = (request, action)
+        self._requested += 1
+        return self._requested
+
+    async def _ask(
+        self, target: DesiredState, request: TransitionRequest, action: str | None
+    ) -> SandboxWorkflowState:
+        generation = self._desire(target, request, action)
+        await workflow.wait_condition(lambda: self._completed >= generation)
+        return self.state
+
+    # ----------------------------------------------------------------- reconciling
+
+    async def _reconcile(self) -> None:
+        desired = self.state.desired
+        self.state.in_progress = desired
+        try:
+            if desired == DesiredState.RUNNING:
+                changed = await self._ensure_running()
+            elif desired == DesiredState.STOPPED:
+                changed = await self._ensure_stopped()
+            else:
+                changed = await self._ensure_deleted()
+        finally:
+            self.state.in_progress = None
+            self._publish()
+        if changed and self._request is not None:
+            await self._record(*self._request)
+        self._request = None
+
+    async def _ensure_running(self) -> bool:
+        reconfigure, self._reconfigure = self._reconfigure, False
+        if self.state.status == SandboxStatus.RUNNING and not reconfigure:
+            current = await self._inspect()
+            if current is not None and current.running:
+                return False
+        await self._set_status(SandboxStatus.STARTING)
+        sandbox_id = self.state.sandbox_id
+        try:
+            spec = await _call("sandbox_load_spec", sandbox_id, profile=_DB, result_type=ContainerSpec)
+            await _call("docker_ensure_container", spec, profile=_DOCKER, result_type=ContainerState)
+            container = await _call(
+                "docker_start_container", sandbox_id, profile=_DOCKER, result_type=ContainerState
+            )
+            endpoints = await _call(
+                "sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints
+            )
+            health = {"base_url": endpoints.internal_opencode_url, "timeout_seconds": HEALTH_TIMEOUT_SECONDS}
+            await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))
+            credentials = PushCredentialsInput(
+                user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url
+            )
+            await _call("sandbox_push_agent_credentials", credentials, profile=_DB, result_type=int)
+        except ActivityError as error:
+            await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
+            return False
+        self.state.container_id = container.container_id
+        self.state.urls = endpoints.urls
+        await self._set_status(SandboxStatus.RUNNING)
+        return True
+
+    async def _ensure_stopped(self) -> bool:
+        self._reconfigure = False  # the next start reads the row anyway
+        if self.state.status in (SandboxStatus.CREATED, SandboxStatus.STOPPED):
+            return False
+        await self._set_status(SandboxStatus.STOPPING)
+        try:
+            await _call(
+                "docker_stop_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState
+            )
+        except ActivityError as error:
+            await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
+            return False
+        await self._set_status(SandboxStatus.STOPPED)
+        return True
+
+    async def _ensure_deleted(self) -> bool:
+        await self._set_status(SandboxStatus.STOPPING)
+        # Retries until Docker answers: the row must not vanish while a container might remain.
+        removal = {"sandbox_id": self.state.sandbox_id, "remove_volumes": True}
+        await _call("docker_remove_container", removal, profile=_DOCKER_REMOVE, result_type=type(None))
+        await _call("sandbox_delete_row", self.state.sandbox_id, profile=_DB, result_type=type(None))
+        self._deleted = True
+        return True
+
+    async def _check_drift(self) -> None:
+        """Repair a running sandbox whose container vanished or stopped; retry one left in error."""
+        if self.state.desired != DesiredState.RUNNING:
+            return
+        if self.state.status == SandboxStatus.RUNNING:
+            current = await self._inspect()
+            if current is None or current.running:
+                return  # Docker unreachable: look again next time rather than flap the status
+            self.state.repairs += 1
+            workflow.logger.warning(
+                "sandbox %s drifted (container %s): repairing",
+                self.state.sandbox_id,
+                "stopped" if current.exists else "missing",
+            )
+        elif self.state.status != SandboxStatus.ERROR or self._error_retries >= MAX_ERROR_RETRIES:
+            return
+        else:
+            self._error_retries += 1
+        if await self._ensure_running():
+            await self._record(TransitionRequest(), "sandbox.repair")
+
+    async def _inspect(self) -> ContainerState | None:
+        """The container as Docker sees it, or None if Docker cannot be asked right now."""
+        try:
+            return await _call(
+                "docker_inspect_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState
+            )
+        except ActivityError:
+            return None
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    async def _set_status(self, status: SandboxStatus, *, error_message: str | None = None) -> None:
+        running = status == SandboxStatus.RUNNING
+        write = SetStatusInput(
+            sandbox_id=self.state.sandbox_id,
+            status=status,
+            error_message=error_message,
+            container_id=self.state.container_id if running else None,
+            urls=self.state.urls if running else None,
+        )
+        await _call("sandbox_set_status", write, profile=_DB, result_type=bool)
+        self.state.status = status
+        self.state.error_message = error_message
+        self.state.transitions += 1
+        self._publish()
+
+    async def _record(self, request: TransitionRequest, action: str) -> None:
+        event = ActivityEvent(
+            user_id=self.state.user_id,
+            action=action,
+            entity_type="sandbox",
+            entity_id=self.state.sandbox_id,
+            metadata={"actor": request.actor.kind, "status": self.state.status.value},
+            ip_address=request.actor.ip_address,
+            user_agent=request.actor.user_agent,
+        )
+        record = {"event_id": str(workflow.uuid4()), "event": event}
+        await _call("record_activity", record, profile=_DB, result_type=type(None))
+
+    def _publish(self) -> None:
+        """Make the state visible in the Web UI: a search attribute and the current-details text."""
+        workflow.upsert_search_attributes([STATUS_ATTRIBUTE.value_set(self.state.status.value)])
+        error = f"\n\n**Error:** {self.state.error_message}" if self.state.error_message else ""
+        workflow.set_current_details(
+            f"**Status:** {self.state.status.value} (desired: {self.state.desired.value})\n\n"
+            f"**OpenCode:** {self.state.urls.opencode_url or '-'}\n\n"
+            f"**Repairs:** {self.state.repairs}{error}"
+        )
