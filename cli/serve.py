@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import typer
 
@@ -36,6 +38,11 @@ def register(app: typer.Typer) -> None:
         from worker import run_worker
 
         asyncio.run(run_worker())
+        # The Temporal core can abort in interpreter teardown after a clean shutdown
+        # (sdk-python#300, "PyGILState_Release"): leave without running it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     @app.command()
     def dev() -> None:

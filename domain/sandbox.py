@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 CONTAINER_PREFIX = "agentpod"
 OPENCODE_PORT = 4096
@@ -145,3 +145,30 @@ class PushCredentialsInput(BaseModel):
 
     user_id: str
     opencode_url: str
+
+
+class SandboxRecord(BaseModel):
+    """The fields of a sandbox row that callers of the workflow need (no ORM object crosses layers)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    user_id: str
+    name: str
+    slug: str
+    status: str
+    container_id: str | None = None
+    opencode_url: str | None = None
+    acp_gateway_url: str | None = None
+    code_server_url: str | None = None
+    vnc_url: str | None = None
+
+    @property
+    def urls(self) -> SandboxUrls:
+        """The four stored URLs."""
+        return SandboxUrls(
+            opencode_url=self.opencode_url,
+            acp_gateway_url=self.acp_gateway_url,
+            code_server_url=self.code_server_url,
+            vnc_url=self.vnc_url,
+        )

@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.sandbox import SandboxStatus, SandboxUrls
+from domain.sandbox_import import LabelledSandbox
 from store.base import utcnow
-from store.tables import ContainerAddon, ContainerFlavor, ResourceTier, Sandbox, UserPreferences
+from store.tables import ContainerAddon, ContainerFlavor, ResourceTier, Sandbox, User, UserPreferences
 
 SLUG_MAX = 48
 
@@ -170,3 +171,53 @@ async def set_status(
 async def delete_row(db: AsyncSession, sandbox_id: str) -> None:
     """Remove the row (chat history cascades with it: deleting a sandbox is the user's explicit choice)."""
     await db.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
+
+
+async def import_labelled(db: AsyncSession, found: LabelledSandbox) -> Sandbox | None:
+    """Insert a row for a container the database does not know; the existing row if it does.
+
+    Returns None when the owner does not exist here (nothing may be created for an unknown user).
+    Catalog choices the labels name but the catalog lacks fall back to the defaults.
+    """
+    existing = await db.get(Sandbox, found.sandbox_id)
+    if existing is not None:
+        return existing
+    if await db.get(User, found.user_id) is None:
+        return None
+    tier, flavor, addons = await resolve_defaults(
+        db,
+        found.user_id,
+        resource_tier_id=await _offered(db, resource_tier_id=found.tier_id),
+        flavor_id=await _offered(db, flavor_id=found.flavor_id),
+        addon_ids=[addon for addon in found.addon_ids if await _offered(db, addon_ids=[addon])],
+    )
+    name = found.name[:100]
+    suffix = 2
+    while await name_taken(db, found.user_id, name):
+        name = f"{found.name[:90]} ({suffix})"
+        suffix += 1
+    sandbox = await create(
+        db,
+        user_id=found.user_id,
+        name=name,
+        id=found.sandbox_id,
+        repo_name=found.repo_name or slugify(found.name),
+        github_url=found.github_url,
+        resource_tier_id=tier,
+        flavor_id=flavor,
+        addon_ids=addons,
+        status=found.status.value,
+        container_id=found.container_id,
+        container_name=found.container_name,
+    )
+    return sandbox
+
+
+async def _offered(db: AsyncSession, **choice: Any) -> Any:
+    """The single catalog choice given if the catalog offers it, else None (labels may be stale)."""
+    try:
+        await validate_catalog_choices(db, **choice)
+    except CatalogError:
+        return None
+    value = next(iter(choice.values()))
+    return value[0] if isinstance(value, list) else value

@@ -100,9 +100,12 @@ async def stack(
     app: FastAPI = create_app(settings)
     stack: Stack | None = None
     try:
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=120
-        ) as client:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=120
+            ) as client,
+        ):
             stack = Stack(settings, client, sessions, temporal_dev_env, docker, start_worker, kill_worker)
             stack.headers = auth_header((await sign_up(client))["token"])
             yield stack
