@@ -22,6 +22,7 @@ from workflows.ids import sandbox_workflow_id
 from workflows.sandbox import SandboxWorkflow
 from workflows.sandbox_client import SANDBOX_ATTRIBUTE
 
+
 def test_origin_labels_are_understood() -> None:
     labels = {
         "agentpod.managed": "true",
