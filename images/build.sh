@@ -123,6 +123,8 @@ done
 
 mkdir -p "$B/data" "$B/workspace" "$B/run/agentpod" "$B/tmp"
 chmod 1777 "$B/tmp"
+# Secrets-bearing config lands here (a tmpfs at run time takes this mode): root only.
+chmod 700 "$B/run/agentpod"
 
 ln "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode" 2>/dev/null \
     || cp "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode"

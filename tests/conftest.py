@@ -28,6 +28,7 @@ os.environ.pop("AGENTPOD_DATABASE_URL", None)
 
 # A port nothing listens on: the API's lazy Temporal client reports "down" instead of hanging.
 UNREACHABLE_TEMPORAL = "127.0.0.1:1"
+SUGGEST_CONTINUE_AS_NEW = 80
 
 
 async def _create_pg_database() -> str:
@@ -132,6 +133,9 @@ async def temporal_dev_env(temporal_binary: str) -> AsyncIterator[WorkflowEnviro
         dev_server_existing_path=temporal_binary,
         search_attributes=(),
         dev_server_extra_args=[
+            # Small histories make every long-lived workflow continue-as-new during the tests.
+            "--dynamic-config-value",
+            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW}",
             "--search-attribute",
             "AgentpodUserId=Keyword",
             "--search-attribute",

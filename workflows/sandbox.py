@@ -299,7 +299,13 @@ class SandboxWorkflow:
             return
         else:
             self._error_retries += 1
-        if await self._ensure_running():
+        self.state.in_progress = DesiredState.RUNNING
+        try:
+            repaired = await self._ensure_running()
+        finally:
+            self.state.in_progress = None
+            self._publish()
+        if repaired:
             await self._record(TransitionRequest(), "sandbox.repair")
 
     async def _inspect(self) -> ContainerState | None:

@@ -10,13 +10,17 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 from domain.sandbox import SandboxWorkflowState, container_name
 from domain.secrets import AgentCredentials, ProviderAuth
 from store.tables import ActivityLog
 from tests.docker_helpers import leftovers
 from tests.helpers import assert_error
+from tests.histories import save_history_if_asked
 from tests.workflows.conftest import Stack
+from workflows import ALL_WORKFLOWS
 from workflows.ids import sandbox_workflow_id
 from workflows.sandbox import SandboxWorkflow
 
@@ -94,6 +98,12 @@ async def test_full_life_create_start_stop_start_delete(stack: Stack) -> None:
         ).all()
     assert actions == ["sandbox.create", "sandbox.start", "sandbox.stop", "sandbox.start", "sandbox.delete"]
 
+    # The finished history replays against today's workflow code (no non-determinism).
+    handle = stack.temporal.client.get_workflow_handle(sandbox_workflow_id(sandbox["id"]))
+    history = await handle.fetch_history()
+    await Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(history)
+    save_history_if_asked("sandbox_full_life", history)
+
 
 async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> None:
     sandbox = await stack.create_sandbox(auto_start=True)
@@ -101,8 +111,13 @@ async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> No
     stack.docker.containers.get(first).remove(force=True)
 
     async def repaired() -> dict[str, Any] | None:
-        body = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
-        return body if body["status"] == "running" and (await _state(stack, sandbox["id"])).repairs else None
+        state = await _state(stack, sandbox["id"])
+        if not state.repairs or state.in_progress is not None:
+            return None
+        body: dict[str, Any] = (
+            await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)
+        ).json()
+        return body if body["status"] == "running" else None
 
     body = await _eventually(repaired)
     assert stack.docker.containers.get(container_name(sandbox["id"])).id != first
@@ -162,3 +177,67 @@ async def test_provider_keys_reach_the_agent_but_not_docker_inspect(stack: Stack
     assert "sk-test-SECRET-4242" not in json.dumps(container.attrs)
     exit_code, output = container.exec_run(["sh", "-c", "cat /data/.local/share/opencode/auth.json"])
     assert exit_code == 0 and b"sk-test-SECRET-4242" in output
+
+
+async def test_reconfigure_recreates_a_running_container_and_keeps_its_data(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(auto_start=True)
+    url = f"{BASE}/{sandbox['id']}"
+    before = stack.docker.containers.get(container_name(sandbox["id"]))
+    assert (
+        before.exec_run(["sh", "-c", "echo kept > /data/marker && echo kept > /workspace/marker"]).exit_code
+        == 0
+    )
+
+    changed = await stack.client.patch(
+        url, json={"resource_tier_id": "builder", "addon_ids": ["vnc"]}, headers=stack.headers
+    )
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["status"], body["resource_tier_id"], body["addon_ids"]) == ("running", "builder", ["vnc"])
+    assert body["vnc_url"] and await _healthy(body["opencode_url"])
+    after = stack.docker.containers.get(container_name(sandbox["id"]))
+    assert after.id != before.id
+    assert (
+        after.attrs["HostConfig"]["Memory"] == 4 * 1024**3
+        and after.attrs["HostConfig"]["NanoCpus"] == 2 * 10**9
+    )
+    assert after.exec_run(["cat", "/data/marker", "/workspace/marker"]).output == b"kept\nkept\n"
+
+
+async def test_operator_signal_stops_a_sandbox(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(auto_start=True)
+    handle = stack.temporal.client.get_workflow_handle_for(
+        SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"])
+    )
+    await handle.signal(SandboxWorkflow.operator_stop)
+
+    async def stopped() -> bool:
+        body = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
+        return bool(body["status"] == "stopped")
+
+    await _eventually(stopped)
+    assert stack.docker.containers.get(container_name(sandbox["id"])).status == "exited"
+    async with stack.sessions() as db:
+        actor = await db.scalar(
+            select(ActivityLog.metadata_).where(
+                ActivityLog.entity_id == sandbox["id"], ActivityLog.action == "sandbox.stop"
+            )
+        )
+    assert actor is not None and actor["actor"] == "operator"
+
+
+async def test_long_lived_workflow_continues_as_new_keeping_its_state(stack: Stack) -> None:
+    sandbox = await stack.create_sandbox(auto_start=True)
+    handle = stack.temporal.client.get_workflow_handle_for(
+        SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"])
+    )
+    first_run = (await handle.describe()).run_id
+
+    async def new_run() -> bool:
+        return (await handle.describe()).run_id != first_run
+
+    await _eventually(new_run, timeout=60)  # the drift check every second fills the history
+    state = await handle.query(SandboxWorkflow.describe)
+    assert (state.status.value, state.desired.value) == ("running", "running")
+    stopped = await stack.client.post(f"{BASE}/{sandbox['id']}/stop", headers=stack.headers)
+    assert stopped.json()["status"] == "stopped"
