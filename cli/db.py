@@ -32,3 +32,28 @@ def current() -> None:
             await engine.dispose()
 
     typer.echo(asyncio.run(_read()) or "(empty database)")
+
+
+@app.command()
+def revision(message: str = typer.Argument(..., help="What the migration does.")) -> None:
+    """Autogenerate the next migration from the models (against a scratch SQLite database)."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from store.engine import create_engine
+    from store.migrate import autogenerate_revision, head_revision
+
+    head = head_revision() or "0000"
+    rev_id = f"{int(head[:4]) + 1:04d}"
+
+    async def _run(path: Path) -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await autogenerate_revision(engine, message, rev_id)
+        finally:
+            await engine.dispose()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        asyncio.run(_run(Path(scratch) / "scratch.db"))
+    typer.echo(f"wrote migration {rev_id}; review it (and test it on PostgreSQL) before committing")

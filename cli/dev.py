@@ -176,9 +176,7 @@ def _run(cfg: _Config, children: list[_Child], stop: _Stop) -> int:
         for child in children:
             code = child.proc.poll()
             if code is not None:
-                console.print(
-                    f"[bold red]{child.name} {_how_it_ended(code)} unexpectedly; stopping the rest.[/]"
-                )
+                console.print(f"[bold red]{child.name} {_how_it_ended(code)} unexpectedly; stopping the rest.[/]")
                 if child is temporal:
                     _print_tail(temporal_log)
                 # Shell convention, so callers can tell a crash from a kill: 128+N for signal N.
@@ -241,9 +239,7 @@ def _spawn_python(command: str, style: str) -> _Child:
     return _Child(command, proc, reader)
 
 
-def _spawn(
-    cmd: list[str], *, stdout: IO[str] | int, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
+def _spawn(cmd: list[str], *, stdout: IO[str] | int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     # A process group of its own: Ctrl-C in the terminal reaches only us, and we pass on exactly one
     # SIGINT per child in a chosen order (a second SIGINT makes uvicorn quit without draining).
     return subprocess.Popen(
@@ -288,9 +284,7 @@ def _wait_for_port(child: _Child, host: str, port: int, stop: _Stop, log_path: P
         if code is not None:
             if log_path:
                 _print_tail(log_path)
-            raise DevStackError(
-                f"{child.name} {_how_it_ended(code)} before listening on {host}:{port}; {where}."
-            )
+            raise DevStackError(f"{child.name} {_how_it_ended(code)} before listening on {host}:{port}; {where}.")
         if time.monotonic() > deadline:
             raise DevStackError(
                 f"{child.name} did not listen on {host}:{port} within {START_TIMEOUT_S:.0f} s; {where}."

@@ -44,9 +44,7 @@ async def import_from_docker(settings: Settings | None = None, *, show_progress:
             task = progress.add_task("importing sandboxes", total=len(containers))
             for container in containers:
                 progress.advance(task)
-                found = from_labels(
-                    container["id"], container["name"], container["status"], container["labels"]
-                )
+                found = from_labels(container["id"], container["name"], container["status"], container["labels"])
                 if found is None:
                     report.skipped += 1
                     continue

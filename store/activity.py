@@ -10,9 +10,7 @@ from store.tables import ActivityLog
 _USER_AGENT_MAX = 512
 
 
-async def record_activity(
-    db: AsyncSession, event: ActivityEvent, *, event_id: str | None = None
-) -> ActivityLog:
+async def record_activity(db: AsyncSession, event: ActivityEvent, *, event_id: str | None = None) -> ActivityLog:
     """Add one activity row to ``db``'s transaction (the caller commits).
 
     ``event_id`` makes the write idempotent for callers that may retry (Temporal activities):

@@ -77,3 +77,16 @@ async def assert_schema_current(engine: AsyncEngine) -> None:
             f"database schema is at {current or 'nothing (empty database)'}, this code needs {head}: "
             "run `agentpod db upgrade` first"
         )
+
+
+async def autogenerate_revision(engine: AsyncEngine, message: str, rev_id: str) -> None:
+    """Write a new migration comparing the models with ``engine``'s database (migrated to head first)."""
+    await upgrade_database(engine)
+    config = alembic_config()
+
+    def _generate(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.revision(config, message=message, autogenerate=True, rev_id=rev_id)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_generate)

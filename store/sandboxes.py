@@ -73,9 +73,7 @@ async def resolve_defaults(
         )
     if addon_ids is None:
         addon_ids = list(prefs.default_addon_ids) if prefs else []
-    await validate_catalog_choices(
-        db, resource_tier_id=resource_tier_id, flavor_id=flavor_id, addon_ids=addon_ids
-    )
+    await validate_catalog_choices(db, resource_tier_id=resource_tier_id, flavor_id=flavor_id, addon_ids=addon_ids)
     assert resource_tier_id is not None and flavor_id is not None  # validated above
     return resource_tier_id, flavor_id, sorted(set(addon_ids))
 
@@ -119,11 +117,7 @@ async def name_taken(db: AsyncSession, user_id: str, name: str, *, exclude_id: s
 
 async def _free_slug(db: AsyncSession, user_id: str, base: str) -> str:
     taken = set(
-        (
-            await db.scalars(
-                select(Sandbox.slug).where(Sandbox.user_id == user_id, Sandbox.slug.like(f"{base}%"))
-            )
-        ).all()
+        (await db.scalars(select(Sandbox.slug).where(Sandbox.user_id == user_id, Sandbox.slug.like(f"{base}%")))).all()
     )
     if base not in taken:
         return base

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from workflows.opencode_sync import OpenCodeSyncWorkflow
 from workflows.sandbox import SandboxWorkflow
 
-ALL_WORKFLOWS: list[type] = [SandboxWorkflow]
+ALL_WORKFLOWS: list[type] = [SandboxWorkflow, OpenCodeSyncWorkflow]

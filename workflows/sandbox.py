@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain.activity import ActivityEvent
+    from domain.chat import SyncTarget
     from domain.sandbox import (
         ContainerSpec,
         ContainerState,
@@ -58,6 +59,7 @@ _DOCKER = _Profile(
 _DOCKER_REMOVE = _Profile(
     timedelta(minutes=3), RetryPolicy(maximum_interval=timedelta(minutes=1)), timedelta(seconds=30)
 )
+_SYNC_FINISH = _Profile(timedelta(minutes=4), RetryPolicy(maximum_attempts=2))
 _HEALTH = _Profile(timedelta(seconds=150), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=15))
 HEALTH_TIMEOUT_SECONDS = 120.0
 # A sandbox left in error is retried by the drift check this many times (Docker may have been down),
@@ -109,9 +111,7 @@ class SandboxWorkflow:
         while not self._deleted:
             try:
                 await workflow.wait_condition(
-                    lambda: (
-                        self._requested > self._completed or workflow.info().is_continue_as_new_suggested()
-                    ),
+                    lambda: self._requested > self._completed or workflow.info().is_continue_as_new_suggested(),
                     timeout=timedelta(seconds=data.drift_check_seconds),
                 )
             except TimeoutError:
@@ -200,9 +200,7 @@ class SandboxWorkflow:
         self._requested += 1
         return self._requested
 
-    async def _ask(
-        self, target: DesiredState, request: TransitionRequest, action: str | None
-    ) -> SandboxWorkflowState:
+    async def _ask(self, target: DesiredState, request: TransitionRequest, action: str | None) -> SandboxWorkflowState:
         generation = self._desire(target, request, action)
         await workflow.wait_condition(lambda: self._completed >= generation)
         return self.state
@@ -237,17 +235,11 @@ class SandboxWorkflow:
         try:
             spec = await _call("sandbox_load_spec", sandbox_id, profile=_DB, result_type=ContainerSpec)
             await _call("docker_ensure_container", spec, profile=_DOCKER, result_type=ContainerState)
-            container = await _call(
-                "docker_start_container", sandbox_id, profile=_DOCKER, result_type=ContainerState
-            )
-            endpoints = await _call(
-                "sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints
-            )
+            container = await _call("docker_start_container", sandbox_id, profile=_DOCKER, result_type=ContainerState)
+            endpoints = await _call("sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints)
             health = {"base_url": endpoints.internal_opencode_url, "timeout_seconds": HEALTH_TIMEOUT_SECONDS}
             await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))
-            credentials = PushCredentialsInput(
-                user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url
-            )
+            credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url)
             await _call("sandbox_push_agent_credentials", credentials, profile=_DB, result_type=int)
         except ActivityError as error:
             await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
@@ -255,6 +247,11 @@ class SandboxWorkflow:
         self.state.container_id = container.container_id
         self.state.urls = endpoints.urls
         await self._set_status(SandboxStatus.RUNNING)
+        # The chat mirror follows the (possibly new) OpenCode address from now on.
+        target = SyncTarget(
+            sandbox_id=sandbox_id, user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url
+        )
+        await _call("sync_ensure_started", target, profile=_DB, result_type=type(None))
         return True
 
     async def _ensure_stopped(self) -> bool:
@@ -262,10 +259,9 @@ class SandboxWorkflow:
         if self.state.status in (SandboxStatus.CREATED, SandboxStatus.STOPPED):
             return False
         await self._set_status(SandboxStatus.STOPPING)
+        await self._finish_sync()
         try:
-            await _call(
-                "docker_stop_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState
-            )
+            await _call("docker_stop_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState)
         except ActivityError as error:
             await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
             return False
@@ -274,12 +270,20 @@ class SandboxWorkflow:
 
     async def _ensure_deleted(self) -> bool:
         await self._set_status(SandboxStatus.STOPPING)
+        await self._finish_sync()
         # Retries until Docker answers: the row must not vanish while a container might remain.
         removal = {"sandbox_id": self.state.sandbox_id, "remove_volumes": True}
         await _call("docker_remove_container", removal, profile=_DOCKER_REMOVE, result_type=type(None))
         await _call("sandbox_delete_row", self.state.sandbox_id, profile=_DB, result_type=type(None))
         self._deleted = True
         return True
+
+    async def _finish_sync(self) -> None:
+        """Let the chat mirror take a last look before the container goes away (best effort)."""
+        try:
+            await _call("sync_finish", self.state.sandbox_id, profile=_SYNC_FINISH, result_type=object)
+        except ActivityError as error:
+            workflow.logger.warning("final chat sync of %s failed: %s", self.state.sandbox_id, _reason(error))
 
     async def _check_drift(self) -> None:
         """Repair a running sandbox whose container vanished or stopped; retry one left in error."""

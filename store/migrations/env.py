@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
 import store.tables  # noqa: F401  (registers every table on the metadata)
-from store.base import Base
+from store.base import Base, UTCDateTime
 
 target_metadata = Base.metadata
+
+
+def render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:  # noqa: ARG001
+    """Render project column types as plain SQLAlchemy, so migrations never import application code."""
+    if kind == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    if kind == "type" and type(item).__name__ == "JSON" and getattr(item, "_variant_mapping", None):
+        return "JSON_TYPE"
+    return False
 
 
 def run_migrations(connection: Connection) -> None:
@@ -18,6 +30,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 ${imports if imports else ""}
+# JSONB on PostgreSQL, JSON text on SQLite (same as store.base.JSONType, frozen here).
+JSON_TYPE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

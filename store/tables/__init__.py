@@ -2,7 +2,7 @@
 
 from store.tables.activity import ActivityLog, ActivityLogArchive
 from store.tables.catalog import ContainerAddon, ContainerFlavor, ResourceTier
-from store.tables.chat import ChatMessage, ChatSession
+from store.tables.chat import ChatMessage, ChatSession, ChatSyncState
 from store.tables.opencode import UserOpencodeConfig, UserOpencodeFile
 from store.tables.preferences import UserPreferences
 from store.tables.providers import ProviderCredential
@@ -15,6 +15,7 @@ __all__ = [
     "AuthSession",
     "ChatMessage",
     "ChatSession",
+    "ChatSyncState",
     "ContainerAddon",
     "ContainerFlavor",
     "OAuthAccount",

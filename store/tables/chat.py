@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from store.base import Base, IdMixin, TimestampsMixin
+from store.base import Base, IdMixin, TimestampsMixin, utcnow
 
 CHAT_SOURCES = ("opencode", "acp_gateway")
 SESSION_STATUSES = ("active", "archived", "deleted")
@@ -102,3 +102,13 @@ class ChatMessage(IdMixin, TimestampsMixin, Base):
     upstream_completed_at: Mapped[datetime | None]
     missing_upstream_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+
+
+class ChatSyncState(Base):
+    """The live mirror's status per sandbox (connected, last event, lag, reconnects, last error)."""
+
+    __tablename__ = "chat_sync_state"
+
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -29,18 +29,12 @@ class UserPreferences(IdMixin, TimestampsMixin, Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), unique=True)
     theme_mode: Mapped[str] = mapped_column(String(16), default="system", server_default="system")
-    theme_preset: Mapped[str] = mapped_column(
-        String(64), default="default-neutral", server_default="default-neutral"
-    )
+    theme_preset: Mapped[str] = mapped_column(String(64), default="default-neutral", server_default="default-neutral")
     auto_refresh_interval: Mapped[int] = mapped_column(default=30, server_default="30")
     in_app_notifications: Mapped[bool] = mapped_column(default=True, server_default=true())
     system_notifications: Mapped[bool] = mapped_column(default=True, server_default=true())
-    default_resource_tier_id: Mapped[str | None] = mapped_column(
-        ForeignKey("resource_tiers.id", ondelete="SET NULL")
-    )
-    default_flavor_id: Mapped[str | None] = mapped_column(
-        ForeignKey("container_flavors.id", ondelete="SET NULL")
-    )
+    default_resource_tier_id: Mapped[str | None] = mapped_column(ForeignKey("resource_tiers.id", ondelete="SET NULL"))
+    default_flavor_id: Mapped[str | None] = mapped_column(ForeignKey("container_flavors.id", ondelete="SET NULL"))
     default_addon_ids: Mapped[list[Any]] = mapped_column(default=list)
     default_agent_id: Mapped[str] = mapped_column(String(64), default="opencode", server_default="opencode")
     settings_version: Mapped[int] = mapped_column(default=1, server_default="1")

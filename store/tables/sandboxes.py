@@ -19,9 +19,7 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     __tablename__ = "sandboxes"
     __table_args__ = (
         UniqueConstraint("user_id", "slug"),
-        CheckConstraint(
-            "status IN (" + ", ".join(f"'{s}'" for s in SANDBOX_STATUSES) + ")", name="status_valid"
-        ),
+        CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in SANDBOX_STATUSES) + ")", name="status_valid"),
         Index("ix_sandboxes_user_id_created_at", "user_id", "created_at"),
         Index("ix_sandboxes_status", "status"),
     )

@@ -1,0 +1,201 @@
+"""The OpenCode sync's I/O: hold the SSE stream, reconcile, and drive the sync workflow's lifecycle.
+
+``opencode_stream_segment`` is the long-running one: it connects to OpenCode's ``/event`` stream,
+reconciles on every ``server.connected``, feeds events to the mirror (which coalesces streaming
+deltas and writes in batches), and reconnects with jittered, capped exponential backoff. A clean end
+of stream counts as a disconnect. A heartbeat task keeps Temporal informed while the stream idles
+and persists the sync status for the chat API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from integrations.opencode.client import OpenCodeClient, OpenCodeError
+from integrations.opencode.mirror import OpenCodeMirror
+from temporalio import activity
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from activities.resources import WorkerResources
+from domain.chat import (
+    ReconcileReport,
+    StreamSegmentInput,
+    StreamSegmentResult,
+    SyncStatus,
+    SyncTarget,
+    SyncWorkflowInput,
+)
+from store.sync_state import save_sync_status
+from workflows.ids import sandbox_sync_workflow_id
+from workflows.opencode_sync import OpenCodeSyncWorkflow
+
+HEARTBEAT_SECONDS = 5.0
+FLUSH_TICK_SECONDS = 0.1
+# OpenCode sends `server.heartbeat` every 10 s; three missed ones mean the connection is dead.
+SILENCE_LIMIT_SECONDS = 30.0
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+# A connection must stay healthy this long before the backoff resets (no hammering a flapping server).
+HEALTHY_RESET_SECONDS = 30.0
+
+
+class StreamEnded(Exception):
+    """OpenCode closed the stream cleanly (e.g. instance disposed, server restarting)."""
+
+
+def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in [0.5, 1] x min(cap, base x 2^attempt)."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    return ceiling * (0.5 + rng() / 2)
+
+
+class OpenCodeSyncActivities:
+    """Activities of the OpenCode sync workflow, plus the two the sandbox workflow uses to drive it."""
+
+    def __init__(self, resources: WorkerResources) -> None:
+        self._settings = resources.settings
+        self._sessions = resources.sessions
+        self._temporal = resources.temporal
+
+    def all(self) -> list[Callable[..., Any]]:
+        """The activities this class provides."""
+        return [self.stream_segment, self.reconcile, self.ensure_sync, self.finish_sync]
+
+    # ------------------------------------------------------------------ the stream
+
+    @activity.defn(name="opencode_stream_segment")
+    async def stream_segment(self, data: StreamSegmentInput) -> StreamSegmentResult:
+        """Mirror live events for ``segment_seconds`` (reconnecting as needed), then return."""
+        target = data.target
+        status = data.status.model_copy()
+        result = StreamSegmentResult(status=status)
+        mirror = OpenCodeMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        lock = asyncio.Lock()  # the flusher and the event loop must not write concurrently
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + data.segment_seconds
+
+        async def flusher() -> None:
+            while True:
+                await asyncio.sleep(FLUSH_TICK_SECONDS)
+                async with lock:
+                    await mirror.flush_due()
+
+        async def heartbeater() -> None:
+            while True:
+                activity.heartbeat(status.model_dump(mode="json"))
+                await self._save_status(target.sandbox_id, status)
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+
+        background = [asyncio.create_task(flusher()), asyncio.create_task(heartbeater())]
+        attempt = 0
+        try:
+            while loop.time() < deadline:
+                connected_at: float | None = None
+                try:
+                    async with OpenCodeClient(target.opencode_url) as client:
+                        events = client.events().__aiter__()
+                        while loop.time() < deadline:
+                            remaining = deadline - loop.time()
+                            try:
+                                event = await asyncio.wait_for(anext(events), min(SILENCE_LIMIT_SECONDS, remaining))
+                            except StopAsyncIteration:
+                                raise StreamEnded("OpenCode closed the event stream") from None
+                            except TimeoutError:
+                                if loop.time() >= deadline:
+                                    break
+                                raise StreamEnded(f"no event for {SILENCE_LIMIT_SECONDS:.0f} s") from None
+                            kind = event.get("type")
+                            if kind == "server.connected":
+                                connected_at = loop.time()
+                                status.connected, status.last_error = True, None
+                                async with lock:
+                                    await mirror.flush()
+                                    report = await mirror.reconcile(client)
+                                result.reconciles += 1
+                                status.last_reconcile_at = datetime.now(UTC)
+                                activity.logger.info("reconciled %s: %s", target.sandbox_id, report.model_dump())
+                                continue
+                            if kind == "server.heartbeat":
+                                continue
+                            async with lock:
+                                await mirror.feed(event)
+                            result.events += 1
+                            status.events_applied += 1
+                            status.last_event_at = datetime.now(UTC)
+                            if connected_at is not None and loop.time() - connected_at > HEALTHY_RESET_SECONDS:
+                                attempt = 0
+                except (StreamEnded, OpenCodeError, httpx.HTTPError, OSError) as error:
+                    status.connected = False
+                    status.last_error = f"{type(error).__name__}: {error}"[:500]
+                    status.reconnects += 1
+                    async with lock:
+                        await mirror.flush()
+                    delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
+                    attempt += 1
+                    activity.logger.info("sync %s disconnected (%s); retry in %.1fs", target.sandbox_id, error, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # Whatever the stream delivered before a cancel or error is written, never dropped.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(mirror.flush())
+            status.connected = False
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._save_status(target.sandbox_id, status))
+        return result
+
+    @activity.defn(name="opencode_reconcile")
+    async def reconcile(self, target: SyncTarget) -> ReconcileReport:
+        """One full reconcile through OpenCode's REST API."""
+        mirror = OpenCodeMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        async with OpenCodeClient(target.opencode_url) as client:
+            report = await mirror.reconcile(client)
+        status = SyncStatus(last_reconcile_at=datetime.now(UTC))
+        await self._save_status(target.sandbox_id, status, merge=True)
+        return report
+
+    async def _save_status(self, sandbox_id: str, status: SyncStatus, *, merge: bool = False) -> None:
+        async with self._sessions() as db:
+            await save_sync_status(db, sandbox_id, status, merge=merge)
+            await db.commit()
+
+    # ------------------------------------------------------------------ lifecycle (used by SandboxWorkflow)
+
+    def _client(self) -> Client:
+        if self._temporal is None:
+            raise RuntimeError("the worker was built without a Temporal client")
+        return self._temporal
+
+    @activity.defn(name="sync_ensure_started")
+    async def ensure_sync(self, target: SyncTarget) -> None:
+        """Start the sandbox's sync workflow, or point the running one at ``target`` (signal-with-start)."""
+        await self._client().start_workflow(
+            OpenCodeSyncWorkflow.run,
+            SyncWorkflowInput(target=target),
+            id=sandbox_sync_workflow_id(target.sandbox_id),
+            task_queue=activity.info().task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="retarget",
+            start_signal_args=[target],
+            static_summary=f"Chat sync of sandbox {target.sandbox_id}",
+        )
+
+    @activity.defn(name="sync_finish")
+    async def finish_sync(self, sandbox_id: str) -> ReconcileReport | None:
+        """Finish the sandbox's sync with a last reconcile; nothing to do if it is not running."""
+        handle = self._client().get_workflow_handle_for(OpenCodeSyncWorkflow.run, sandbox_sync_workflow_id(sandbox_id))
+        try:
+            return await handle.execute_update(OpenCodeSyncWorkflow.finish, rpc_timeout=timedelta(minutes=3))
+        except (RPCError, WorkflowUpdateFailedError) as error:
+            activity.logger.info("no running sync to finish for %s: %s", sandbox_id, error)
+            return None
