@@ -159,9 +159,7 @@ class DockerActivities:
                     if not probes:
                         await asyncio.sleep(wait)
                         continue
-                    done, probes = await asyncio.wait(
-                        probes, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    done, probes = await asyncio.wait(probes, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                     for probe in done:
                         healthy, last = probe.result()
                         if healthy:

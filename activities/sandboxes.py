@@ -76,9 +76,7 @@ class SandboxActivities:
         async with self._sessions() as db:
             row = await db.get(Sandbox, sandbox_id)
             if row is None:
-                raise ApplicationError(
-                    f"sandbox {sandbox_id} no longer exists", type="SandboxGone", non_retryable=True
-                )
+                raise ApplicationError(f"sandbox {sandbox_id} no longer exists", type="SandboxGone", non_retryable=True)
             tier = await db.get(ResourceTier, row.resource_tier_id)
             assert tier is not None  # foreign key
             rows = await db.execute(

@@ -36,9 +36,7 @@ async def sign_up(
 ) -> TokenResponse:
     """Create an account and sign it in."""
     try:
-        user = await users.create_user(
-            db, email=body.email, name=body.name, password_hash=hash_password(body.password)
-        )
+        user = await users.create_user(db, email=body.email, name=body.name, password_hash=hash_password(body.password))
     except users.EmailTakenError:
         raise Conflict("an account with this email already exists", code="email_taken") from None
     return await _token_response(db, user, settings, ip, request)
@@ -58,9 +56,7 @@ async def sign_in(
 
 
 @router.post("/refresh")
-async def refresh(
-    auth: Auth, db: DbSession, settings: SettingsDep, ip: ClientIp, request: Request
-) -> TokenResponse:
+async def refresh(auth: Auth, db: DbSession, settings: SettingsDep, ip: ClientIp, request: Request) -> TokenResponse:
     """Swap the current token for a fresh one; the old token stops working at once."""
     user, session = auth
     await users.revoke_session(db, session.id)

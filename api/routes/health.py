@@ -48,6 +48,4 @@ async def health(ctx: Context, response: Response) -> HealthOut:
     healthy = database.ok and temporal.ok
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthOut(
-        status="ok" if healthy else "degraded", database=database, temporal=temporal, version=_version()
-    )
+    return HealthOut(status="ok" if healthy else "degraded", database=database, temporal=temporal, version=_version())

@@ -24,9 +24,7 @@ _ACCEPTED: dict[int | str, dict[str, Any]] = {
 
 
 def _catalog_error(error: sandboxes.CatalogError) -> BadRequest:
-    return BadRequest(
-        str(error), code="unknown_catalog_item", details={"field": error.field, "value": error.value}
-    )
+    return BadRequest(str(error), code="unknown_catalog_item", details={"field": error.field, "value": error.value})
 
 
 async def _fresh(db: DbSession, sandbox: Sandbox) -> SandboxOut:
@@ -76,9 +74,7 @@ async def create_sandbox(
         raise _catalog_error(error) from None
     except sandboxes.DuplicateNameError:
         raise Conflict(f"you already have a sandbox named {body.name!r}", code="duplicate_name") from None
-    await record_activity(
-        db, _event(user.id, "sandbox.create", sandbox, actor, {"auto_start": body.auto_start})
-    )
+    await record_activity(db, _event(user.id, "sandbox.create", sandbox, actor, {"auto_start": body.auto_start}))
     await db.commit()
     if body.auto_start and await request_transition(temporal, settings, sandbox, "start", actor) is None:
         response.status_code = status.HTTP_202_ACCEPTED
@@ -104,14 +100,10 @@ async def update_sandbox(
     """Rename or reconfigure; a running container is recreated with the new tier / flavor / add-ons."""
     changes = body.model_dump(exclude_unset=True)
     nulled = [
-        field
-        for field in ("name", "resource_tier_id", "flavor_id")
-        if field in changes and changes[field] is None
+        field for field in ("name", "resource_tier_id", "flavor_id") if field in changes and changes[field] is None
     ]
     if nulled:
-        raise BadRequest(
-            f"{', '.join(nulled)} cannot be null", code="null_not_allowed", details={"fields": nulled}
-        )
+        raise BadRequest(f"{', '.join(nulled)} cannot be null", code="null_not_allowed", details={"fields": nulled})
     try:
         await sandboxes.validate_catalog_choices(
             db,
@@ -121,9 +113,7 @@ async def update_sandbox(
         )
     except sandboxes.CatalogError as error:
         raise _catalog_error(error) from None
-    if "name" in changes and await sandboxes.name_taken(
-        db, sandbox.user_id, changes["name"], exclude_id=sandbox.id
-    ):
+    if "name" in changes and await sandboxes.name_taken(db, sandbox.user_id, changes["name"], exclude_id=sandbox.id):
         raise Conflict(f"you already have a sandbox named {changes['name']!r}", code="duplicate_name")
     if "addon_ids" in changes:
         changes["addon_ids"] = sorted(set(changes["addon_ids"] or []))
@@ -131,9 +121,7 @@ async def update_sandbox(
     for field in changed:
         setattr(sandbox, field, changes[field])
     if changed:
-        await record_activity(
-            db, _event(sandbox.user_id, "sandbox.update", sandbox, actor, {"fields": changed})
-        )
+        await record_activity(db, _event(sandbox.user_id, "sandbox.update", sandbox, actor, {"fields": changed}))
     await db.commit()
     reshaping = {"resource_tier_id", "flavor_id", "addon_ids"} & set(changed)
     if reshaping and sandbox.status != "created":
@@ -188,9 +176,7 @@ async def delete_sandbox(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _event(
-    user_id: str, action: str, sandbox: Sandbox, actor: Actor, metadata: dict[str, object]
-) -> ActivityEvent:
+def _event(user_id: str, action: str, sandbox: Sandbox, actor: Actor, metadata: dict[str, object]) -> ActivityEvent:
     return ActivityEvent(
         user_id=user_id,
         action=action,
