@@ -49,9 +49,7 @@ async def run_worker(settings: Settings | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with worker:
-            log.info(
-                "worker polling task queue %r on %s", settings.temporal_task_queue, settings.temporal_address
-            )
+            log.info("worker polling task queue %r on %s", settings.temporal_task_queue, settings.temporal_address)
             await stop.wait()
             log.info("shutting down worker")
     finally:

@@ -42,13 +42,9 @@ class Settings(BaseSettings):
         "The first key encrypts; every key decrypts.",
     )
 
-    docker_host: str = Field(
-        "", description="Docker engine URL; empty uses the environment's default socket."
-    )
+    docker_host: str = Field("", description="Docker engine URL; empty uses the environment's default socket.")
     docker_network: str = Field("bridge", description="Docker network sandboxes join.")
-    sandbox_image: str = Field(
-        "agentpod-sandbox:dev", description="Image used for flavors without their own."
-    )
+    sandbox_image: str = Field("agentpod-sandbox:dev", description="Image used for flavors without their own.")
     flavor_images: dict[str, str] = Field(
         default_factory=dict,
         description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.',

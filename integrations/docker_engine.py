@@ -172,11 +172,7 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
 def _secret_target(path_in_tmpfs: str) -> PurePosixPath:
     """Absolute path of a file inside the secrets tmpfs; rejects anything that could leave it."""
     relative = PurePosixPath(path_in_tmpfs)
-    if (
-        not path_in_tmpfs
-        or relative.is_absolute()
-        or any(part in ("", ".", "..") for part in path_in_tmpfs.split("/"))
-    ):
+    if not path_in_tmpfs or relative.is_absolute() or any(part in ("", ".", "..") for part in path_in_tmpfs.split("/")):
         raise ValueError(f"not a plain relative path inside {SECRETS_PATH}: {path_in_tmpfs!r}")
     return PurePosixPath(SECRETS_PATH) / relative
 

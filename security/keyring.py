@@ -44,9 +44,7 @@ def parse_key(entry: str) -> tuple[str, bytes]:
     """Parse one ``kid:base64key`` entry and reject weak keys with a message that says how to fix it."""
     key_id, sep, encoded = entry.partition(":")
     if not sep or not key_id or not key_id.replace("-", "").replace("_", "").isalnum():
-        raise KeyringError(
-            f"keyring entry must be 'kid:base64key' with an alphanumeric key id, got {key_id!r}"
-        )
+        raise KeyringError(f"keyring entry must be 'kid:base64key' with an alphanumeric key id, got {key_id!r}")
     try:
         key = base64.b64decode(encoded, validate=True)
     except binascii.Error as exc:
@@ -54,9 +52,7 @@ def parse_key(entry: str) -> tuple[str, bytes]:
     if len(key) != KEY_BYTES:
         raise KeyringError(f"key {key_id!r} must decode to {KEY_BYTES} bytes, got {len(key)}")
     if len(set(key)) < _MIN_DISTINCT_BYTES:
-        raise KeyringError(
-            f"key {key_id!r} is too weak (low entropy): generate one with `agentpod keys generate`"
-        )
+        raise KeyringError(f"key {key_id!r} is too weak (low entropy): generate one with `agentpod keys generate`")
     return key_id, key
 
 

@@ -17,9 +17,7 @@ from integrations.docker_engine import LABEL_SANDBOX_ID
 from tests.requirements import missing
 
 # The image under test; CI may build another tag. Never built by the tests themselves.
-SANDBOX_IMAGE = os.environ.get("AGENTPOD_SANDBOX_IMAGE") or str(
-    Settings.model_fields["sandbox_image"].default
-)
+SANDBOX_IMAGE = os.environ.get("AGENTPOD_SANDBOX_IMAGE") or str(Settings.model_fields["sandbox_image"].default)
 
 
 def docker_client() -> Any:

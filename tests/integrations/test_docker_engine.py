@@ -122,9 +122,7 @@ def test_ensure_is_idempotent_and_does_not_start(engine: DockerEngine, raw: Any,
 
 
 @pytest.mark.docker
-def test_concurrent_ensure_creates_exactly_one_container(
-    engine: DockerEngine, raw: Any, sandbox_id: str
-) -> None:
+def test_concurrent_ensure_creates_exactly_one_container(engine: DockerEngine, raw: Any, sandbox_id: str) -> None:
     def ensure_from_threads(spec: ContainerSpec, threads: int = 6) -> set[str | None]:
         barrier = threading.Barrier(threads)
 
@@ -193,9 +191,7 @@ def test_started_container_serves_opencode_with_the_configured_shape(
 
 
 @pytest.mark.docker
-def test_secret_file_reaches_the_tmpfs_and_nothing_else(
-    engine: DockerEngine, raw: Any, sandbox_id: str
-) -> None:
+def test_secret_file_reaches_the_tmpfs_and_nothing_else(engine: DockerEngine, raw: Any, sandbox_id: str) -> None:
     engine.ensure_container(make_spec(sandbox_id))
     with pytest.raises(ContainerNotRunning):  # the tmpfs is not mounted: it would land on disk
         engine.write_secret_file(sandbox_id, "opencode.json", b"x")
@@ -207,9 +203,7 @@ def test_secret_file_reaches_the_tmpfs_and_nothing_else(
     engine.write_secret_file(sandbox_id, "keys/extra", b"second")
 
     assert _sh(raw, sandbox_id, "cat /run/agentpod/opencode.json") == config.decode()
-    assert _sh(
-        raw, sandbox_id, "stat -c %a /run/agentpod/opencode.json /run/agentpod/keys/extra"
-    ).split() == [
+    assert _sh(raw, sandbox_id, "stat -c %a /run/agentpod/opencode.json /run/agentpod/keys/extra").split() == [
         "600",
         "600",
     ]
@@ -291,9 +285,7 @@ def test_container_removed_behind_our_back(engine: DockerEngine, raw: Any, sandb
 @pytest.mark.docker
 def test_missing_image_is_image_missing(engine: DockerEngine, raw: Any, sandbox_id: str) -> None:
     with pytest.raises(ImageMissing):
-        engine.ensure_container(
-            make_spec(sandbox_id, image=f"agentpod-sandbox:absent-{uuid.uuid4().hex[:8]}")
-        )
+        engine.ensure_container(make_spec(sandbox_id, image=f"agentpod-sandbox:absent-{uuid.uuid4().hex[:8]}"))
     assert _containers(raw, sandbox_id) == []
 
 
