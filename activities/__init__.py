@@ -11,6 +11,7 @@ from typing import Any
 
 from activities.activity_log import ActivityLogActivities
 from activities.docker import DockerActivities
+from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
 from activities.sandboxes import SandboxActivities
 
@@ -21,4 +22,5 @@ def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
         *ActivityLogActivities(resources).all(),
         *SandboxActivities(resources).all(),
         *DockerActivities(resources).all(),
+        *OpenCodeSyncActivities(resources).all(),
     ]

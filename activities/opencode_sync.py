@@ -53,8 +53,8 @@ class StreamEnded(Exception):
 
 def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
     """Full-jitter exponential backoff: uniform in [0.5, 1] x min(cap, base x 2^attempt)."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
-    return ceiling * (0.5 + rng() / 2)
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(attempt, 32))
+    return float(ceiling * (0.5 + rng() / 2))
 
 
 class OpenCodeSyncActivities:
@@ -94,7 +94,20 @@ class OpenCodeSyncActivities:
                 await self._save_status(target.sandbox_id, status)
                 await asyncio.sleep(HEARTBEAT_SECONDS)
 
-        background = [asyncio.create_task(flusher()), asyncio.create_task(heartbeater())]
+        segment_task = asyncio.current_task()
+
+        async def shutdown_watcher() -> None:
+            # On worker shutdown end promptly (flushing in `finally`) so another worker takes over,
+            # instead of holding the stream until the graceful-shutdown timeout.
+            await activity.wait_for_worker_shutdown()
+            if segment_task is not None:
+                segment_task.cancel()
+
+        background = [
+            asyncio.create_task(flusher()),
+            asyncio.create_task(heartbeater()),
+            asyncio.create_task(shutdown_watcher()),
+        ]
         attempt = 0
         try:
             while loop.time() < deadline:

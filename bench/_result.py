@@ -1,11 +1,17 @@
-"""What a benchmark reports: one row of the summary table per :class:`Result`."""
+"""What a benchmark reports (one row of the summary table per :class:`Result`), and where it prints."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from rich.console import Console
+
+# Piped into a file or CI log, rich would wrap at 80 columns; the tables need more.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 @dataclass

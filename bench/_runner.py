@@ -19,24 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 import bench
-from bench._result import Result, fmt
+from bench._result import Result, console, fmt
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PREFIX = "bench_"
-
-console = Console()
 
 
 def discover(filters: list[str]) -> list[str]:
     """Benchmark module names (without the prefix), sorted; only those containing a filter if given."""
     names = sorted(
-        info.name.removeprefix(PREFIX)
-        for info in pkgutil.iter_modules(bench.__path__)
-        if info.name.startswith(PREFIX)
+        info.name.removeprefix(PREFIX) for info in pkgutil.iter_modules(bench.__path__) if info.name.startswith(PREFIX)
     )
     if filters:
         names = [name for name in names if any(f.lower() in name.lower() for f in filters)]
@@ -106,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         console.print(f"[red]no benchmark matches {filters}[/red]; available: {', '.join(discover([]))}")
         return 2
-    console.print(
-        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
-    )
+    console.print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
     results: dict[str, list[Result]] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}

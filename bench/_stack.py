@@ -91,9 +91,7 @@ async def running_stack(*, sandbox_image: str, drift_check_seconds: float = 60.0
                     public_domain="localhost",
                     sandbox_drift_check_seconds=drift_check_seconds,
                 )
-                resources = WorkerResources(
-                    settings=settings, sessions=session_factory(engine), temporal=env.client
-                )
+                resources = WorkerResources(settings=settings, sessions=session_factory(engine), temporal=env.client)
                 worker = await build_worker(settings, resources)
                 app = create_app(settings)
                 async with (

@@ -36,13 +36,12 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
-from rich.console import Console
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.service import RPCError
 
-from bench._result import Result, p50
+from bench._result import Result, console, p50
 from bench._stack import Stack, running_stack
 from domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, container_name, volume_names
 from integrations.docker_engine import DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
@@ -65,8 +64,6 @@ PIDS_LIMIT = 256
 SECRETS_TMPFS = "rw,nosuid,nodev,noexec,size=1m,mode=0700"
 PORTS = (OPENCODE_PORT, ACP_GATEWAY_PORT)
 BENCH_LABEL = "agentpod-bench.run"
-
-console = Console()
 
 
 # --------------------------------------------------------------------------- the direct baseline
@@ -157,9 +154,7 @@ async def wait_healthy(port: int) -> None:
             while True:
                 now = loop.time()
                 if now > deadline:
-                    raise TimeoutError(
-                        f"OpenCode on port {port} not healthy after {HEALTH_TIMEOUT_SECONDS} s"
-                    )
+                    raise TimeoutError(f"OpenCode on port {port} not healthy after {HEALTH_TIMEOUT_SECONDS} s")
                 if now >= next_probe:
                     probes.add(asyncio.create_task(_probe(client, url)))
                     next_probe = now + HEALTH_POLL_SECONDS
@@ -230,9 +225,7 @@ def _shape(attrs: dict[str, Any]) -> dict[str, Any]:
             for key, value in (host.get("PortBindings") or {}).items()
         },
         "Mounts": sorted((m["Type"], m["Destination"]) for m in attrs["Mounts"]),
-        "EnvKeys": sorted(
-            entry.split("=", 1)[0] for entry in attrs["Config"]["Env"] if entry.startswith("AGENTPOD_")
-        ),
+        "EnvKeys": sorted(entry.split("=", 1)[0] for entry in attrs["Config"]["Env"] if entry.startswith("AGENTPOD_")),
     }
 
 
@@ -240,9 +233,7 @@ def check_parity(client: Any, sandbox_id: str, direct: Direct) -> None:
     """Raise when the baseline container is not shaped like the one the API made."""
     api_shape = _shape(client.api.inspect_container(container_name(sandbox_id)))
     direct_shape = _shape(client.api.inspect_container(direct.name))
-    differences = {
-        key: (api_shape[key], direct_shape[key]) for key in api_shape if api_shape[key] != direct_shape[key]
-    }
+    differences = {key: (api_shape[key], direct_shape[key]) for key in api_shape if api_shape[key] != direct_shape[key]}
     if differences:
         raise RuntimeError(f"baseline container differs from the API's (api, direct): {differences}")
     console.print("parity: the direct container has the same image, limits, ports, tmpfs and volumes")
@@ -250,6 +241,7 @@ def check_parity(client: Any, sandbox_id: str, direct: Direct) -> None:
 
 # --------------------------------------------------------------------------- where the time goes
 
+CONTAINER_ACTIVITIES = ("docker_ensure_container", "docker_start_container", "wait_opencode_healthy")
 DOCKER_CALLS = "docker calls (create/start + inspect)"
 HEALTH_WAIT = "health wait after the docker calls"
 BOOT = "container StartedAt → healthy seen"
@@ -286,12 +278,8 @@ def start_segments(
                 accepted.append((request.meta.update_id, event))
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
             completed[event.workflow_execution_update_completed_event_attributes.meta.update_id] = event
-    scheduled = {
-        e.event_id: e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    }
-    closed = {
-        getattr(e, _CLOSED[e.event_type]).scheduled_event_id: e for e in events if e.event_type in _CLOSED
-    }
+    scheduled = {e.event_id: e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED}
+    closed = {getattr(e, _CLOSED[e.event_type]).scheduled_event_id: e for e in events if e.event_type in _CLOSED}
     out: list[tuple[dict[str, float], dict[str, float]]] = []
     for (update_id, accept), timed in zip(accepted, starts, strict=True):
         done = completed[update_id]
@@ -308,7 +296,7 @@ def start_segments(
             label = name if seen[name] == 1 else f"{name}#{seen[name]}"
             begin, end = _seconds(event), _seconds(closed[event_id])
             figures[label] = (end - begin) * 1000
-            if name in ("docker_ensure_container", "docker_start_container"):
+            if name in CONTAINER_ACTIVITIES[:2]:
                 container[DOCKER_CALLS] += figures[label]
             elif name == "wait_opencode_healthy":
                 container[HEALTH_WAIT] = figures[label]
@@ -339,9 +327,7 @@ async def breakdown(
     for sandbox_id, requests in by_sandbox.items():
         handle = stack.temporal.client.get_workflow_handle(sandbox_workflow_id(sandbox_id))
         history = await handle.fetch_history()
-        for request, (figures, container) in zip(
-            requests, start_segments(list(history.events), requests), strict=True
-        ):
+        for request, (figures, container) in zip(requests, start_segments(list(history.events), requests), strict=True):
             segments[request.kind].append(figures)
             containers[request.kind].append(container)
     return (
@@ -371,9 +357,7 @@ def container_table(api: dict[str, dict[str, float]], direct: dict[str, dict[str
             table.add_column(f"{kind} {side}", justify="right")
     for label in (DOCKER_CALLS, HEALTH_WAIT, BOOT):
         cells = [
-            f"{figures.get(kind, {}).get(label, 0.0):,.0f}"
-            for kind in ("cold", "warm")
-            for figures in (api, direct)
+            f"{figures.get(kind, {}).get(label, 0.0):,.0f}" for kind in ("cold", "warm") for figures in (api, direct)
         ]
         table.add_row(label, *cells)
     return table
@@ -388,9 +372,7 @@ class Samples:
 
     api: dict[str, list[float]] = field(default_factory=lambda: {"cold": [], "warm": []})
     direct: dict[str, list[float]] = field(default_factory=lambda: {"cold": [], "warm": []})
-    direct_container: dict[str, list[dict[str, float]]] = field(
-        default_factory=lambda: {"cold": [], "warm": []}
-    )
+    direct_container: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"cold": [], "warm": []})
 
 
 def _results(samples: Samples, details: dict[str, Any]) -> list[Result]:
@@ -410,7 +392,7 @@ def _results(samples: Samples, details: dict[str, Any]) -> list[Result]:
                 baseline=direct_mid,
                 target="overhead ≤ max(10 %, 300 ms)",
                 passed=passed,
-                details={"api_ms": api, "direct_ms": direct, **(details if kind == "cold" else {})},
+                details={"api_ms": api, "direct_ms": direct, **({"run": details} if kind == "cold" else {})},
             ),
             Result(
                 f"sandbox start {kind} max (API vs docker)",
@@ -429,12 +411,30 @@ def _results(samples: Samples, details: dict[str, Any]) -> list[Result]:
             ),
             Result(f"  {kind} overhead p50 relative", 100 * overhead / direct_mid, "%", target="info"),
         ]
+        segments = details.get("api_segments_ms", {}).get(kind)
+        if segments:
+            outside = sum(value for label, value in segments.items() if label not in CONTAINER_ACTIVITIES)
+            rows.append(Result(f"  {kind} bookkeeping (non-container segments)", outside, "ms", target="info"))
+        container = details.get("container_ms", {})
+        api_boot = container.get("api", {}).get(kind, {}).get(BOOT)
+        direct_boot = container.get("direct", {}).get(kind, {}).get(BOOT)
+        if api_boot is not None and direct_boot is not None:
+            rows.append(
+                Result(f"  {kind} StartedAt → healthy seen", api_boot, "ms", baseline=direct_boot, target="info")
+            )
     return rows
 
 
 async def run() -> list[Result]:
     """Cold and warm sandbox starts through the API vs straight through the docker SDK."""
     client = docker.from_env(timeout=120)
+    try:
+        return await _measure(client)
+    finally:
+        client.close()
+
+
+async def _measure(client: Any) -> list[Result]:
     try:
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
@@ -528,7 +528,6 @@ async def run() -> list[Result]:
             console.print(container_table(api_container, direct_container))
         finally:
             await _clean_up(stack, client, sandbox_ids, directs, run_id)
-    client.close()
     return _results(samples, details)
 
 
@@ -541,9 +540,7 @@ def _foreign_running(client: Any, run_id: str, sandbox_ids: list[str]) -> int:
     )
 
 
-async def _clean_up(
-    stack: Stack, client: Any, sandbox_ids: list[str], directs: list[Direct], run_id: str
-) -> None:
+async def _clean_up(stack: Stack, client: Any, sandbox_ids: list[str], directs: list[Direct], run_id: str) -> None:
     """Terminate the workflows first (no drift repair may bring a container back), then remove everything."""
     for sandbox_id in sandbox_ids:
         handle = stack.temporal.client.get_workflow_handle(sandbox_workflow_id(sandbox_id))

@@ -98,8 +98,9 @@ class OpenCodeSyncWorkflow:
             return self._final
         self._finishing = True
         if self._segment is not None:
+            # Cancellation reaches the stream at its next heartbeat; the last reconcile need not wait for
+            # that (both write through idempotent upserts), so the container can stop sooner.
             self._segment.cancel()
-        await workflow.wait_condition(lambda: self._segment is None)
         try:
             self._final = await workflow.execute_activity(
                 "opencode_reconcile",
