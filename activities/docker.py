@@ -14,6 +14,7 @@ or ensure the container again), ``DockerUnavailable`` and the rest are retried.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,6 +48,22 @@ class RemoveContainerInput(BaseModel):
     remove_volumes: bool = False
 
 
+class DeliverConfigInput(BaseModel):
+    """Whose config goes into which sandbox."""
+
+    sandbox_id: str
+    user_id: str
+
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two OpenCode configs; the user's values win over the installation's."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        merged[key] = merge_config(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return merged
+
+
 class WaitHealthyInput(BaseModel):
     """Where OpenCode listens (e.g. ``http://127.0.0.1:49153``) and how long to wait for it."""
 
@@ -66,6 +83,8 @@ class DockerActivities:
 
     def __init__(self, resources: WorkerResources) -> None:
         self._docker_host = resources.settings.docker_host
+        self._base_config = resources.settings.agent_base_config
+        self._secrets = resources.secrets
         self._engine: DockerEngine | None = None
 
     @property
@@ -78,6 +97,7 @@ class DockerActivities:
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
         return [
+            self.docker_deliver_agent_config,
             self.docker_ensure_container,
             self.docker_start_container,
             self.docker_stop_container,
@@ -125,6 +145,21 @@ class DockerActivities:
     async def docker_inspect_container(self, sandbox_id: str) -> ContainerState:
         """What Docker says about the sandbox's container now."""
         return await self._call(self.engine.inspect, sandbox_id)
+
+    @activity.defn(name="docker_deliver_agent_config")
+    async def docker_deliver_agent_config(self, data: DeliverConfigInput) -> None:
+        """Write the agent's OpenCode config (keys included) into the container's tmpfs, then `ready`.
+
+        Secrets are fetched and written inside this one activity so they never pass through Temporal
+        history, container env or labels. The entrypoint starts OpenCode once `ready` exists.
+        """
+        credentials = await self._secrets.agent_credentials(data.user_id)
+        config = merge_config(self._base_config, credentials.opencode_config or {})
+        if config:
+            await self._call(
+                self.engine.write_secret_file, data.sandbox_id, "opencode.json", json.dumps(config).encode()
+            )
+        await self._call(self.engine.write_secret_file, data.sandbox_id, "ready", b"")
 
     @activity.defn(name="wait_opencode_healthy")
     async def wait_opencode_healthy(self, data: WaitHealthyInput) -> None:

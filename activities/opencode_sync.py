@@ -17,8 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from integrations.opencode.client import OpenCodeClient, OpenCodeError
-from integrations.opencode.mirror import OpenCodeMirror
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
@@ -33,6 +31,8 @@ from domain.chat import (
     SyncTarget,
     SyncWorkflowInput,
 )
+from integrations.opencode.client import OpenCodeClient, OpenCodeError
+from integrations.opencode.mirror import OpenCodeMirror
 from store.sync_state import save_sync_status
 from workflows.ids import sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     flavor_images: dict[str, str] = Field(
         default_factory=dict,
         description='Flavor id to image, JSON, e.g. `{"python": "agentpod-sandbox:py"}`.',
+    )
+    agent_base_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="OpenCode config (JSON) every sandbox's agent starts from; the user's own config is merged on top.",
     )
     public_domain: str = Field("localhost", description="Base domain of sandbox URLs.")
     sandbox_drift_check_seconds: float = Field(

@@ -71,6 +71,10 @@ _ENSURE_PATIENCE_SECONDS = 15.0
 _REMOVAL_WAIT_SECONDS = 15.0
 
 
+# How long a starting container waits for its config before starting OpenCode without it.
+CONFIG_WAIT_SECONDS = 60
+
+
 class DockerEngineError(Exception):
     """The engine refused or failed an operation (retryable unless a subclass says otherwise)."""
 
@@ -297,7 +301,13 @@ class DockerEngine:
         name = container_name(spec.sandbox_id)
         workspace, data = volume_names(spec.sandbox_id)
         ports = published_ports(spec)
-        env = {"AGENTPOD_SANDBOX_ID": spec.sandbox_id, "AGENTPOD_REPO_NAME": spec.repo_name}
+        env = {
+            "AGENTPOD_SANDBOX_ID": spec.sandbox_id,
+            "AGENTPOD_REPO_NAME": spec.repo_name,
+            # The entrypoint holds OpenCode back until the control plane has written its config (with
+            # keys) into the tmpfs and touched `ready`: config never travels through env or labels.
+            "AGENTPOD_CONFIG_WAIT": str(CONFIG_WAIT_SECONDS),
+        }
         if spec.github_url:
             env["AGENTPOD_REPO_URL"] = spec.github_url
         host_config = api.create_host_config(

@@ -23,6 +23,9 @@ from store.engine import create_engine, session_factory
 from store.migrate import upgrade_database
 from tests.requirements import missing, postgres_url, venv_binary
 
+# Fixtures running a real OpenCode process and the project's fake LLM.
+pytest_plugins = ["tests.fakes.opencode_server"]
+
 # Nothing a test does may read the developer's own ./var or .env.
 os.environ.pop("AGENTPOD_DATABASE_URL", None)
 

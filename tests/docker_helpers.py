@@ -30,9 +30,7 @@ def docker_client() -> Any:
 
 def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:
     """Containers and volumes of a sandbox that still exist."""
-    containers = [
-        c.name for c in client.containers.list(all=True, filters={"name": container_name(sandbox_id)})
-    ]
+    containers = [c.name for c in client.containers.list(all=True, filters={"name": container_name(sandbox_id)})]
     wanted = set(volume_names(sandbox_id))
     volumes = [v.name for v in client.volumes.list() if v.name in wanted]
     return containers, volumes

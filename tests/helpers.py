@@ -18,9 +18,7 @@ async def sign_up(
 ) -> dict[str, Any]:
     """Create a user through the API; returns the token response."""
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
-    response = await client.post(
-        "/api/auth/sign-up", json={"email": email, "password": password, "name": "Test User"}
-    )
+    response = await client.post("/api/auth/sign-up", json={"email": email, "password": password, "name": "Test User"})
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -236,6 +236,8 @@ class SandboxWorkflow:
             spec = await _call("sandbox_load_spec", sandbox_id, profile=_DB, result_type=ContainerSpec)
             await _call("docker_ensure_container", spec, profile=_DOCKER, result_type=ContainerState)
             container = await _call("docker_start_container", sandbox_id, profile=_DOCKER, result_type=ContainerState)
+            delivery = {"sandbox_id": sandbox_id, "user_id": self.state.user_id}
+            await _call("docker_deliver_agent_config", delivery, profile=_DOCKER, result_type=type(None))
             endpoints = await _call("sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints)
             health = {"base_url": endpoints.internal_opencode_url, "timeout_seconds": HEALTH_TIMEOUT_SECONDS}
             await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))

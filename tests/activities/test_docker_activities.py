@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.docker import DockerActivities, RemoveContainerInput, WaitHealthyInput
+from activities.docker import DeliverConfigInput, DockerActivities, RemoveContainerInput, WaitHealthyInput
 from activities.resources import WorkerResources
 from core.settings import Settings
 from domain.sandbox import OPENCODE_PORT
@@ -24,9 +24,7 @@ from tests.integrations import docker_client, make_spec, new_sandbox_id, purge
 def _activities(tmp_path: Path, docker_host: str = "") -> DockerActivities:
     settings = Settings(data_dir=tmp_path, docker_host=docker_host)
     # These activities never touch the database: an unbound session factory is enough.
-    return DockerActivities(
-        WorkerResources(settings=settings, sessions=async_sessionmaker(class_=AsyncSession))
-    )
+    return DockerActivities(WorkerResources(settings=settings, sessions=async_sessionmaker(class_=AsyncSession)))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +64,11 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
 
     started = await env.run(acts.docker_start_container, sandbox_id)
     assert started.running and OPENCODE_PORT in started.host_ports
+    await env.run(acts.docker_deliver_agent_config, DeliverConfigInput(sandbox_id=sandbox_id, user_id="u1"))
     began = time.monotonic()
     await env.run(
         acts.wait_opencode_healthy,
-        WaitHealthyInput(
-            base_url=f"http://127.0.0.1:{started.host_ports[OPENCODE_PORT]}", timeout_seconds=20
-        ),
+        WaitHealthyInput(base_url=f"http://127.0.0.1:{started.host_ports[OPENCODE_PORT]}", timeout_seconds=20),
     )
     assert time.monotonic() - began < 20
     assert await env.run(acts.docker_inspect_container, sandbox_id) == started
@@ -79,12 +76,8 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
     stopped = await env.run(acts.docker_stop_container, sandbox_id)
     assert stopped.exists and not stopped.running
 
-    await env.run(
-        acts.docker_remove_container, RemoveContainerInput(sandbox_id=sandbox_id, remove_volumes=True)
-    )
-    await env.run(
-        acts.docker_remove_container, RemoveContainerInput(sandbox_id=sandbox_id, remove_volumes=True)
-    )
+    await env.run(acts.docker_remove_container, RemoveContainerInput(sandbox_id=sandbox_id, remove_volumes=True))
+    await env.run(acts.docker_remove_container, RemoveContainerInput(sandbox_id=sandbox_id, remove_volumes=True))
     assert (await env.run(acts.docker_inspect_container, sandbox_id)).exists is False
     assert (await env.run(acts.docker_stop_container, sandbox_id)).exists is False
     assert acts.engine is acts.engine  # created once, lazily

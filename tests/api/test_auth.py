@@ -52,19 +52,13 @@ async def test_duplicate_email_is_case_insensitive(
 
 async def test_wrong_password_and_unknown_email_get_the_same_401(client: httpx.AsyncClient) -> None:
     await sign_up(client, "known@example.com")
-    wrong = await client.post(
-        "/api/auth/sign-in", json={"email": "known@example.com", "password": "nope-nope"}
-    )
-    unknown = await client.post(
-        "/api/auth/sign-in", json={"email": "ghost@example.com", "password": "nope-nope"}
-    )
+    wrong = await client.post("/api/auth/sign-in", json={"email": "known@example.com", "password": "nope-nope"})
+    unknown = await client.post("/api/auth/sign-in", json={"email": "ghost@example.com", "password": "nope-nope"})
     first, second = assert_error(wrong, 401), assert_error(unknown, 401)
     assert (first["code"], first["message"]) == (second["code"], second["message"])
 
 
-async def test_expired_token_is_rejected(
-    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
-) -> None:
+async def test_expired_token_is_rejected(client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]) -> None:
     token = (await sign_up(client))["token"]
     async with sessions() as db:
         await db.execute(

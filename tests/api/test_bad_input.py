@@ -57,9 +57,7 @@ async def test_malformed_json_and_wrong_content_type(client: httpx.AsyncClient) 
         "/api/auth/sign-up", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert_error(response, 422, "validation_error")
-    response = await client.post(
-        "/api/auth/sign-up", content=b"email=a", headers={"content-type": "text/plain"}
-    )
+    response = await client.post("/api/auth/sign-up", content=b"email=a", headers={"content-type": "text/plain"})
     assert_error(response, 422)
 
 

@@ -117,13 +117,9 @@ async def test_patch_renames_and_validates(client: httpx.AsyncClient) -> None:
     renamed = await client.patch(url, json={"name": "renamed", "description": "hello"}, headers=headers)
     assert renamed.status_code == 200 and renamed.json()["name"] == "renamed"
     assert_error(await client.patch(url, json={"name": "B"}, headers=headers), 409, "duplicate_name")
-    assert_error(
-        await client.patch(url, json={"flavor_id": "cobol"}, headers=headers), 400, "unknown_catalog_item"
-    )
+    assert_error(await client.patch(url, json={"flavor_id": "cobol"}, headers=headers), 400, "unknown_catalog_item")
     assert_error(await client.patch(url, json={"name": None}, headers=headers), 400, "null_not_allowed")
-    assert_error(
-        await client.patch(url, json={"status": "running"}, headers=headers), 422, "validation_error"
-    )
+    assert_error(await client.patch(url, json={"status": "running"}, headers=headers), 422, "validation_error")
     assert (await client.get(url, headers=headers)).json()["name"] == "renamed"
 
 

@@ -108,9 +108,7 @@ async def test_import_creates_rows_and_workflows_once(
         ["code-server"],
         "created",
     )
-    handle = temporal_dev_env.client.get_workflow_handle_for(
-        SandboxWorkflow.run, sandbox_workflow_id(sandbox_id)
-    )
+    handle = temporal_dev_env.client.get_workflow_handle_for(SandboxWorkflow.run, sandbox_workflow_id(sandbox_id))
     described = await handle.describe()  # no worker needed: the execution exists and runs
     assert described.status == WorkflowExecutionStatus.RUNNING
     assert described.typed_search_attributes.get(SANDBOX_ATTRIBUTE) == sandbox_id

@@ -152,6 +152,7 @@ def test_started_container_serves_opencode_with_the_configured_shape(
     state = engine.start(sandbox_id)
     assert state.running and state.docker_status == "running"
     assert set(state.host_ports) == {OPENCODE_PORT, ACP_GATEWAY_PORT, 8080}
+    engine.write_secret_file(sandbox_id, "ready", b"")  # the entrypoint waits for this before OpenCode starts
     assert wait_healthy(state.host_ports[OPENCODE_PORT])["healthy"] is True
     assert engine.start(sandbox_id) == state  # starting a running container changes nothing
 
@@ -186,7 +187,7 @@ def test_started_container_serves_opencode_with_the_configured_shape(
     ours = {e.split("=", 1)[0] for e in attrs["Config"]["Env"]} - {
         e.split("=", 1)[0] for e in raw.api.inspect_image(spec.image)["Config"]["Env"]
     }
-    assert ours == {"AGENTPOD_SANDBOX_ID", "AGENTPOD_REPO_NAME", "AGENTPOD_REPO_URL"}
+    assert ours == {"AGENTPOD_SANDBOX_ID", "AGENTPOD_REPO_NAME", "AGENTPOD_REPO_URL", "AGENTPOD_CONFIG_WAIT"}
     assert _sh(raw, sandbox_id, "cat /workspace/.agentpod-origin").strip() == spec.github_url
 
 

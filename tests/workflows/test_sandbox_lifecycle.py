@@ -50,9 +50,7 @@ async def _healthy(url: str) -> bool:
 
 
 async def _state(stack: Stack, sandbox_id: str) -> SandboxWorkflowState:
-    handle = stack.temporal.client.get_workflow_handle_for(
-        SandboxWorkflow.run, sandbox_workflow_id(sandbox_id)
-    )
+    handle = stack.temporal.client.get_workflow_handle_for(SandboxWorkflow.run, sandbox_workflow_id(sandbox_id))
     return await handle.query(SandboxWorkflow.describe)
 
 
@@ -114,9 +112,7 @@ async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> No
         state = await _state(stack, sandbox["id"])
         if not state.repairs or state.in_progress is not None:
             return None
-        body: dict[str, Any] = (
-            await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)
-        ).json()
+        body: dict[str, Any] = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
         return body if body["status"] == "running" else None
 
     body = await _eventually(repaired)
@@ -143,9 +139,7 @@ async def test_worker_killed_mid_start_ends_with_exactly_one_running_container(s
         return bool((await stack.client.get(url, headers=stack.headers)).json()["status"] == "running")
 
     await _eventually(running, timeout=120)
-    containers = stack.docker.containers.list(
-        all=True, filters={"label": f"agentpod.sandbox.id={sandbox['id']}"}
-    )
+    containers = stack.docker.containers.list(all=True, filters={"label": f"agentpod.sandbox.id={sandbox['id']}"})
     assert len(containers) == 1 and containers[0].status == "running"
 
 
@@ -183,10 +177,7 @@ async def test_reconfigure_recreates_a_running_container_and_keeps_its_data(stac
     sandbox = await stack.create_sandbox(auto_start=True)
     url = f"{BASE}/{sandbox['id']}"
     before = stack.docker.containers.get(container_name(sandbox["id"]))
-    assert (
-        before.exec_run(["sh", "-c", "echo kept > /data/marker && echo kept > /workspace/marker"]).exit_code
-        == 0
-    )
+    assert before.exec_run(["sh", "-c", "echo kept > /data/marker && echo kept > /workspace/marker"]).exit_code == 0
 
     changed = await stack.client.patch(
         url, json={"resource_tier_id": "builder", "addon_ids": ["vnc"]}, headers=stack.headers
@@ -197,18 +188,13 @@ async def test_reconfigure_recreates_a_running_container_and_keeps_its_data(stac
     assert body["vnc_url"] and await _healthy(body["opencode_url"])
     after = stack.docker.containers.get(container_name(sandbox["id"]))
     assert after.id != before.id
-    assert (
-        after.attrs["HostConfig"]["Memory"] == 4 * 1024**3
-        and after.attrs["HostConfig"]["NanoCpus"] == 2 * 10**9
-    )
+    assert after.attrs["HostConfig"]["Memory"] == 4 * 1024**3 and after.attrs["HostConfig"]["NanoCpus"] == 2 * 10**9
     assert after.exec_run(["cat", "/data/marker", "/workspace/marker"]).output == b"kept\nkept\n"
 
 
 async def test_operator_signal_stops_a_sandbox(stack: Stack) -> None:
     sandbox = await stack.create_sandbox(auto_start=True)
-    handle = stack.temporal.client.get_workflow_handle_for(
-        SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"])
-    )
+    handle = stack.temporal.client.get_workflow_handle_for(SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"]))
     await handle.signal(SandboxWorkflow.operator_stop)
 
     async def stopped() -> bool:
@@ -228,9 +214,7 @@ async def test_operator_signal_stops_a_sandbox(stack: Stack) -> None:
 
 async def test_long_lived_workflow_continues_as_new_keeping_its_state(stack: Stack) -> None:
     sandbox = await stack.create_sandbox(auto_start=True)
-    handle = stack.temporal.client.get_workflow_handle_for(
-        SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"])
-    )
+    handle = stack.temporal.client.get_workflow_handle_for(SandboxWorkflow.run, sandbox_workflow_id(sandbox["id"]))
     first_run = (await handle.describe()).run_id
 
     async def new_run() -> bool:
