@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -55,8 +57,17 @@ async def _drop_pg_database(url: str) -> None:
         isolation_level="AUTOCOMMIT",
     )
     try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        for attempt in range(20):
+            try:
+                async with admin.connect() as conn:
+                    # FORCE ends our own stray connections; an autovacuum worker it may not end (the test
+                    # role is no superuser), but that worker leaves by itself, so try again shortly.
+                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+                return
+            except DBAPIError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.25)
     finally:
         await admin.dispose()
 
