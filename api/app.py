@@ -15,6 +15,7 @@ from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.routes import ROUTERS
 from core import temporal
 from core.settings import Settings, get_settings
+from notify import create_notifier
 from security.keyring import load_keyring
 from store.engine import create_engine, session_factory
 from store.migrate import assert_schema_current
@@ -33,8 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keyring = load_keyring(settings)
         engine = create_engine(settings.resolved_database_url)
+        # Change notifications (preference pushes): LISTEN/NOTIFY on PostgreSQL, in-process on SQLite.
+        notifier = create_notifier(settings.resolved_database_url)
         try:
             await assert_schema_current(engine)
+            await notifier.start()
             app.state.ctx = AppContext(
                 settings=settings,
                 engine=engine,
@@ -43,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # Lazy: the API serves (and reports Temporal down in /api/health) while Temporal starts.
                 temporal=await temporal.connect(settings, lazy=True),
                 trusted_proxies=parse_networks(settings.trusted_proxies),
+                notifier=notifier,
             )
             yield
         finally:
+            await notifier.close()
             await engine.dispose()
 
     app = FastAPI(

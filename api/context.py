@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from api.client_ip import Network
 from core.settings import Settings
+from notify import LocalNotifier, Notifier
 from security.keyring import Keyring
 
 
@@ -22,3 +23,4 @@ class AppContext:
     keyring: Keyring
     temporal: Client
     trusted_proxies: tuple[Network, ...] = field(default_factory=tuple)
+    notifier: Notifier = field(default_factory=LocalNotifier)

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed."
     )
 
+    sse_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Idle seconds between keep-alive comments on event streams (SSE)."
+    )
+
     archival_hour: int = Field(3, ge=0, le=23, description="Hour of the daily activity-log archival run.")
     archival_timezone: str = Field("UTC", description="IANA time zone of the archival hour.")
     activity_retention_days: int = Field(90, ge=1, description="Days activity rows stay before archival.")

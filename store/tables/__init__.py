@@ -5,6 +5,7 @@ from store.tables.catalog import ContainerAddon, ContainerFlavor, ResourceTier
 from store.tables.chat import ChatMessage, ChatSession, ChatSyncState
 from store.tables.opencode import UserOpencodeConfig, UserOpencodeFile
 from store.tables.preferences import UserPreferences
+from store.tables.preferences_history import UserPreferencesHistory
 from store.tables.providers import ProviderCredential
 from store.tables.sandboxes import Sandbox
 from store.tables.users import AuthSession, OAuthAccount, User
@@ -26,4 +27,5 @@ __all__ = [
     "UserOpencodeConfig",
     "UserOpencodeFile",
     "UserPreferences",
+    "UserPreferencesHistory",
 ]
