@@ -114,6 +114,7 @@ class SandboxActivities:
                 error_message=data.error_message,
                 container_id=data.container_id,
                 urls=data.urls,
+                internal_opencode_url=data.internal_opencode_url,
             )
             await db.commit()
         return found

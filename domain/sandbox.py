@@ -107,6 +107,7 @@ class SandboxWorkflowState(BaseModel):
     error_message: str | None = None
     container_id: str | None = None
     urls: SandboxUrls = Field(default_factory=SandboxUrls)
+    internal_opencode_url: str | None = None  # where the control plane reaches OpenCode
     # The operation being carried out right now (None when idle), for conflict checks.
     in_progress: DesiredState | None = None
     repairs: int = 0  # containers recreated or restarted after drifting
@@ -131,6 +132,7 @@ class SetStatusInput(BaseModel):
     error_message: str | None = None
     container_id: str | None = None
     urls: SandboxUrls | None = None
+    internal_opencode_url: str | None = None
 
 
 class SandboxEndpoints(BaseModel):

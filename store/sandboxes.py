@@ -151,6 +151,7 @@ async def set_status(
     error_message: str | None = None,
     container_id: str | None = None,
     urls: SandboxUrls | None = None,
+    internal_opencode_url: str | None = None,
 ) -> bool:
     """Write the observed status (and what came with it); False when the row no longer exists."""
     values: dict[str, Any] = {"status": status.value, "error_message": error_message, "updated_at": utcnow()}
@@ -158,6 +159,8 @@ async def set_status(
         values["container_id"] = container_id
     if urls is not None:
         values.update(urls.model_dump())
+    if internal_opencode_url is not None:
+        values["opencode_internal_url"] = internal_opencode_url
     result = await db.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(**values))
     return bool(getattr(result, "rowcount", 0))
 

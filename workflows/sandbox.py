@@ -248,6 +248,7 @@ class SandboxWorkflow:
             return False
         self.state.container_id = container.container_id
         self.state.urls = endpoints.urls
+        self.state.internal_opencode_url = endpoints.internal_opencode_url
         await self._set_status(SandboxStatus.RUNNING)
         # The chat mirror follows the (possibly new) OpenCode address from now on.
         target = SyncTarget(
@@ -333,6 +334,7 @@ class SandboxWorkflow:
             error_message=error_message,
             container_id=self.state.container_id if running else None,
             urls=self.state.urls if running else None,
+            internal_opencode_url=self.state.internal_opencode_url if running else None,
         )
         await _call("sandbox_set_status", write, profile=_DB, result_type=bool)
         self.state.status = status

@@ -39,6 +39,8 @@ class ChatSession(IdMixin, TimestampsMixin, Base):
         Index("ix_chat_sessions_sandbox_id_last_message_at", "sandbox_id", "last_message_at"),
         Index("ix_chat_sessions_user_id", "user_id"),
         Index("ix_chat_sessions_parent_session_id", "parent_session_id"),
+        # The chat stream polls "what changed since (updated_at, id)" per sandbox.
+        Index("ix_chat_sessions_sandbox_id_updated_at_id", "sandbox_id", "updated_at", "id"),
     )
 
     sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"))
@@ -76,6 +78,7 @@ class ChatMessage(IdMixin, TimestampsMixin, Base):
         CheckConstraint(_one_of("source", CHAT_SOURCES), name="source_valid"),
         # Reads page by upstream time then upstream id, never by insert time.
         Index("ix_chat_messages_session_id_upstream_created_at", "session_id", "upstream_created_at", "id"),
+        Index("ix_chat_messages_updated_at_id", "updated_at", "id"),
     )
 
     session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id", ondelete="CASCADE"))

@@ -38,6 +38,8 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     container_id: Mapped[str | None] = mapped_column(String(128))
     container_name: Mapped[str | None] = mapped_column(String(128))
     opencode_url: Mapped[str | None] = mapped_column(String(2048))
+    # Where the control plane itself reaches OpenCode (loopback port), whatever the public URL is.
+    opencode_internal_url: Mapped[str | None] = mapped_column(String(2048))
     acp_gateway_url: Mapped[str | None] = mapped_column(String(2048))
     code_server_url: Mapped[str | None] = mapped_column(String(2048))
     vnc_url: Mapped[str | None] = mapped_column(String(2048))
