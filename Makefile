@@ -5,7 +5,7 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 # Reinstall only when the dependency list changes, not on every command.
 STAMP    := $(VENV)/.installed
-PACKAGES := api activities workflows core store domain security cli integrations notify worker.py tests
+PACKAGES := api activities workflows core store domain security cli integrations notify gateway worker.py tests
 
 .PHONY: venv run test lint image bench openapi clean
 

@@ -8,12 +8,16 @@
 # No base image is pulled. The script
 #   1. fetches the npm package opencode-linux-x64@VERSION with `npm pack` into
 #      images/.build/npm/ (once per version) and extracts the `opencode` binary,
-#   2. assembles a build context in images/.build/context/ from host files:
-#      the glibc files that `ldd` lists for opencode and rg, a static busybox
-#      with applet links, rg, a CA bundle, minimal /etc files and empty dirs,
-#   3. fingerprints that context and runs `docker build` only when the
+#   2. freezes the ACP gateway (gateway/ in this repo) with PyInstaller into a
+#      standalone directory, cached in images/.build/gateway/<source hash>/,
+#   3. assembles a build context in images/.build/context/ from host files:
+#      the glibc files that `ldd` lists for opencode, rg and the gateway, a static
+#      busybox with applet links, rg, a CA bundle, minimal /etc files and empty dirs,
+#   4. fingerprints that context and runs `docker build` only when the
 #      fingerprint differs from the one stored as a label on the existing image.
 # Missing host tools (static busybox, ripgrep) are installed with apt-get.
+# Env:    AGENTPOD_GATEWAY_PYTHON=python3       interpreter that builds the gateway
+#         (needs venv and a shared libpython; its version is part of the cache key)
 set -euo pipefail
 
 DEFAULT_OPENCODE_VERSION=1.18.34
@@ -22,6 +26,7 @@ TAG="${1:-agentpod-sandbox:dev}"
 NPM_PACKAGE=opencode-linux-x64
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
 SRC="$HERE/sandbox"
 CACHE="$HERE/.build"
 CTX="$CACHE/context"
@@ -80,6 +85,53 @@ if [[ ! -x "$OPENCODE_BIN" ]]; then
         || { rm -rf "$dir"; die "extracted opencode reports version '$got', expected $OPENCODE_VERSION"; }
 fi
 
+# --- ACP gateway: a standalone build of gateway/ ----------------------------
+# The image has no Python, so PyInstaller freezes the gateway with the interpreter
+# and the packages it imports into one directory (glibc comes from the image).
+# Building takes ~10 s plus a one-time venv, so the result is cached under a key
+# made of everything that goes into it: the gateway's source, the pinned
+# requirements, the entry script, the interpreter's version and this recipe.
+GATEWAY_PYTHON="${AGENTPOD_GATEWAY_PYTHON:-python3}"
+GATEWAY_RECIPE="pyinstaller --onedir --strip --collect-submodules uvicorn v1"
+gateway_key() {
+    {
+        echo "$GATEWAY_RECIPE"
+        "$GATEWAY_PYTHON" -c 'import sys, platform; print(sys.version, platform.machine())'
+        cd "$REPO"
+        find gateway -name '*.py' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+        sha256sum images/gateway/requirements.txt images/gateway/entry.py
+    } | sha256sum | cut -c1-16
+}
+command -v "$GATEWAY_PYTHON" >/dev/null || die "$GATEWAY_PYTHON is needed to build the ACP gateway"
+GATEWAY_KEY="$(gateway_key)"
+GATEWAY_BUILD="$CACHE/gateway/$GATEWAY_KEY/agentpod-gateway"
+GATEWAY_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/gateway/__init__.py")"
+
+if [[ ! -x "$GATEWAY_BUILD/agentpod-gateway" ]]; then
+    venv="$CACHE/gateway/venv-$("$GATEWAY_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-$(sha256sum "$HERE/gateway/requirements.txt" | cut -c1-12)"
+    if [[ ! -x "$venv/bin/pyinstaller" ]]; then
+        log "creating the gateway build venv ($(basename "$venv"))"
+        rm -rf "$venv"
+        "$GATEWAY_PYTHON" -m venv "$venv" || die "$GATEWAY_PYTHON -m venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/gateway/requirements.txt" >&2 \
+            || { rm -rf "$venv"; die "installing the gateway build requirements failed"; }
+    fi
+    log "building the ACP gateway $GATEWAY_VERSION (key $GATEWAY_KEY)"
+    work="$(mktemp -d "$CACHE/gateway/tmp.XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    (cd "$REPO" && "$venv/bin/pyinstaller" --onedir --strip --noconfirm --clean --log-level WARN \
+        --name agentpod-gateway --paths "$REPO" --collect-submodules uvicorn \
+        --distpath "$work/dist" --workpath "$work/build" --specpath "$work" \
+        "$HERE/gateway/entry.py" >&2) || die "PyInstaller failed to build the gateway"
+    got="$("$work/dist/agentpod-gateway/agentpod-gateway" --version 2>/dev/null || true)"
+    [[ "$got" == "$GATEWAY_VERSION" ]] || die "the built gateway reports version '$got', expected $GATEWAY_VERSION"
+    rm -rf "$(dirname "$GATEWAY_BUILD")" && mkdir -p "$(dirname "$GATEWAY_BUILD")"
+    mv "$work/dist/agentpod-gateway" "$GATEWAY_BUILD"
+    rm -rf "$work"; trap - EXIT
+    # Keep only the newest few builds: every gateway change makes a new one.
+    ls -1dt "$CACHE"/gateway/*/agentpod-gateway 2>/dev/null | tail -n +4 | xargs -r dirname | xargs -r rm -rf
+fi
+
 # --- build context ----------------------------------------------------------
 # Copy a host file to the same path under the root $1, resolving symlinks.
 put() { mkdir -p "$1$(dirname "$2")" && cp -L "$2" "$1$2"; }
@@ -92,12 +144,24 @@ libs_of() {
         $1 ~ /^\//           { print $1 }'
 }
 
+# The host libraries the gateway needs: all of its launcher's (it loads them
+# before it knows about _internal/, e.g. libz), and for the bundled .so files
+# those PyInstaller deliberately leaves out (glibc).
+gateway_libs() {
+    local internal="$GATEWAY_BUILD/_internal" elf
+    libs_of "$GATEWAY_BUILD/agentpod-gateway"
+    find "$internal" -type f \( -name '*.so' -o -name '*.so.*' \) -print \
+        | while read -r elf; do LD_LIBRARY_PATH="$internal" libs_of "$elf"; done \
+        | grep -v "^$internal/" || true
+}
+
 rm -rf "$CTX"
-mkdir -p "$CTX/base" "$CTX/opencode/usr/local/bin" "$CTX/entrypoint/usr/local/bin"
+mkdir -p "$CTX/base" "$CTX/opencode/usr/local/bin" "$CTX/gateway/usr/local/bin" "$CTX/gateway/usr/local/lib" \
+    "$CTX/entrypoint/usr/local/bin"
 B="$CTX/base"
 
-for lib in $( { libs_of "$OPENCODE_BIN"; libs_of "$RG"; } | sort -u); do
-    [[ "$lib" == MISSING ]] && die "ldd reports a missing library for opencode or rg"
+for lib in $( { libs_of "$OPENCODE_BIN"; libs_of "$RG"; gateway_libs; } | sort -u); do
+    [[ "$lib" == MISSING ]] && die "ldd reports a missing library for opencode, rg or the gateway"
     put "$B" "$lib"
 done
 
@@ -128,6 +192,10 @@ chmod 700 "$B/run/agentpod"
 
 ln "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode" 2>/dev/null \
     || cp "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode"
+cp -al "$GATEWAY_BUILD" "$CTX/gateway/usr/local/lib/agentpod-gateway" 2>/dev/null \
+    || cp -a "$GATEWAY_BUILD" "$CTX/gateway/usr/local/lib/agentpod-gateway"
+# PyInstaller's launcher finds its _internal/ next to the real path of the executable.
+ln -s ../lib/agentpod-gateway/agentpod-gateway "$CTX/gateway/usr/local/bin/agentpod-gateway"
 install -m 755 "$SRC/agentpod-entrypoint" "$CTX/entrypoint/usr/local/bin/agentpod-entrypoint"
 cp "$SRC/Dockerfile" "$CTX/Dockerfile"
 
@@ -135,7 +203,7 @@ cp "$SRC/Dockerfile" "$CTX/Dockerfile"
 fingerprint() {
     (
         cd "$CTX"
-        echo "opencode=$OPENCODE_VERSION"
+        echo "opencode=$OPENCODE_VERSION gateway=$GATEWAY_VERSION"
         find . -printf '%y %m %p -> %l\n' | LC_ALL=C sort
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -c1-16
@@ -154,6 +222,7 @@ else
     previous="$(docker image inspect -f '{{ .Id }}' "$TAG" 2>/dev/null || true)"
     docker build --quiet \
         --build-arg "OPENCODE_VERSION=$OPENCODE_VERSION" \
+        --build-arg "GATEWAY_VERSION=$GATEWAY_VERSION" \
         --label "agentpod.build.inputs=$FP" \
         -t "$TAG" "$CTX" >/dev/null
     # Drop the image this tag pointed at before, unless it is still tagged or

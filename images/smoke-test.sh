@@ -6,6 +6,8 @@
 #   1. run the image with the API port published on loopback, poll
 #      GET /global/health until {"healthy":true,...}, print the run->healthy time;
 #      check busybox (`docker exec … sh -c 'echo hi'`), rg and the image size;
+#      check the ACP gateway on 4097: /health, 401 without the secret, 200 with
+#      the secret written into /run/agentpod/gateway-secret;
 #   2. run it with a named volume on /data, create a session (POST /session),
 #      stop + remove + recreate the container on the same volume and check that
 #      GET /session still lists the session.
@@ -34,13 +36,16 @@ free_port() {
 }
 now_ms() { date +%s%3N; }
 
-# start NAME [docker run args…] -> sets PORT to the published loopback port
+# start NAME [docker run args…] -> sets PORT (OpenCode) and GW_PORT (ACP gateway)
+# to the published loopback ports
 # (not run in $(…): CONTAINERS must be updated in this shell for cleanup)
 start() {
     local name="$1"; shift
     PORT="$(free_port)"
+    GW_PORT="$(free_port)"
     CONTAINERS+=("$name")
-    docker run -d --name "$name" -p "127.0.0.1:$PORT:4096" "$@" "$TAG" >/dev/null
+    docker run -d --name "$name" -p "127.0.0.1:$PORT:4096" -p "127.0.0.1:$GW_PORT:4097" \
+        --tmpfs /run/agentpod "$@" "$TAG" >/dev/null
 }
 
 # wait_healthy PORT NAME -> prints the health body; fails after 60 s
@@ -74,6 +79,16 @@ log "docker exec sh -c 'echo hi': ok"
 log "$(docker exec "$c1" rg --version | sed -n 1p)"
 [[ "$(docker exec "$c1" sh -c 'test -w /tmp && test -w /data && test -w /workspace && echo ok')" == ok ]] \
     || fail "/tmp, /data or /workspace not writable"
+secret="smoke-$RANDOM$RANDOM"
+docker exec "$c1" sh -c "umask 077 && printf %s '$secret' > /run/agentpod/gateway-secret"
+gw="http://127.0.0.1:$GW_PORT"
+for _ in $(seq 100); do curl -fsS -m 2 "$gw/health" >/dev/null 2>&1 && break; sleep 0.1; done
+[[ "$(curl -fsS -m 2 "$gw/health")" == *'"status":"ok"'* ]] || fail "ACP gateway /health did not answer"
+[[ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "$gw/agents")" == 401 ]] \
+    || fail "ACP gateway answered without the secret"
+[[ "$(curl -fsS -m 2 -H "Authorization: Bearer $secret" "$gw/agents")" == *'"id":"opencode"'* ]] \
+    || fail "ACP gateway did not list the opencode agent with the secret"
+log "ACP gateway on 4097: health ok, 401 without the secret, agents listed with it"
 size="$(docker image inspect -f '{{.Size}}' "$TAG")"
 log "image size: $(( size / 1000000 )) MB ($size bytes)"
 t0="$(now_ms)"; docker stop "$c1" >/dev/null; t1="$(now_ms)"

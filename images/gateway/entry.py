@@ -1,0 +1,6 @@
+"""Entry script PyInstaller freezes into ``agentpod-gateway`` (same as ``python -m gateway``)."""
+
+from gateway.__main__ import main
+
+if __name__ == "__main__":
+    main()
