@@ -14,9 +14,12 @@ from activities.resources import WorkerResources
 from core import temporal
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from security.keyring import load_keyring
+from store.agent_secrets import EncryptedSecretsProvider
 from store.engine import create_engine, session_factory
 from store.migrate import assert_schema_current
 from workflows import ALL_WORKFLOWS
+from workflows.schedules import ensure_archival_schedule
 
 log = logging.getLogger("agentpod.worker")
 
@@ -42,7 +45,21 @@ async def run_worker(settings: Settings | None = None) -> None:
     try:
         await assert_schema_current(engine)
         client = await temporal.connect(settings)
-        resources = WorkerResources(settings=settings, sessions=session_factory(engine), temporal=client)
+        sessions = session_factory(engine)
+        resources = WorkerResources(
+            settings=settings,
+            sessions=sessions,
+            temporal=client,
+            secrets=EncryptedSecretsProvider(sessions, load_keyring(settings)),
+        )
+        # Created or brought up to date, never un-paused: an operator's pause survives restarts.
+        await ensure_archival_schedule(
+            client,
+            task_queue=settings.temporal_task_queue,
+            hour=settings.archival_hour,
+            time_zone=settings.archival_timezone,
+            retention_days=settings.activity_retention_days,
+        )
         worker = await build_worker(settings, resources)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

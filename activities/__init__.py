@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from activities.account import AccountActivities
 from activities.activity_log import ActivityLogActivities
+from activities.archival import ArchivalActivities
 from activities.docker import DockerActivities
 from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
@@ -23,4 +25,6 @@ def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
         *SandboxActivities(resources).all(),
         *DockerActivities(resources).all(),
         *OpenCodeSyncActivities(resources).all(),
+        *ArchivalActivities(resources).all(),
+        *AccountActivities(resources).all(),
     ]

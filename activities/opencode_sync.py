@@ -41,6 +41,10 @@ HEARTBEAT_SECONDS = 5.0
 FLUSH_TICK_SECONDS = 0.1
 # OpenCode sends `server.heartbeat` every 10 s; three missed ones mean the connection is dead.
 SILENCE_LIMIT_SECONDS = 30.0
+# `server.connected` is the stream's first frame, sent at once. A request that reaches OpenCode while it
+# is still starting up can hang without ever getting it; waiting the full silence limit for that
+# would leave the mirror 30 s behind after every agent restart.
+FIRST_EVENT_LIMIT_SECONDS = 5.0
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 # A connection must stay healthy this long before the backoff resets (no hammering a flapping server).
@@ -117,14 +121,21 @@ class OpenCodeSyncActivities:
                         events = client.events().__aiter__()
                         while loop.time() < deadline:
                             remaining = deadline - loop.time()
+                            limit = SILENCE_LIMIT_SECONDS if connected_at is not None else FIRST_EVENT_LIMIT_SECONDS
                             try:
-                                event = await asyncio.wait_for(anext(events), min(SILENCE_LIMIT_SECONDS, remaining))
+                                # Not asyncio.wait_for: on Python 3.11 it returns the result instead of
+                                # raising when a cancel lands just as the next event arrives, which is
+                                # almost always during a delta burst. The swallowed cancel (finish,
+                                # retarget, worker shutdown) left the activity streaming the old
+                                # target until its segment ended. asyncio.timeout keeps the cancel.
+                                async with asyncio.timeout(min(limit, remaining)):
+                                    event = await anext(events)
                             except StopAsyncIteration:
                                 raise StreamEnded("OpenCode closed the event stream") from None
                             except TimeoutError:
                                 if loop.time() >= deadline:
                                     break
-                                raise StreamEnded(f"no event for {SILENCE_LIMIT_SECONDS:.0f} s") from None
+                                raise StreamEnded(f"no event for {limit:.0f} s") from None
                             kind = event.get("type")
                             if kind == "server.connected":
                                 connected_at = loop.time()

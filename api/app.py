@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.audit import running_audit_writer
 from api.client_ip import parse_networks
 from api.context import AppContext
 from api.errors import install_error_handlers
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 trusted_proxies=parse_networks(settings.trusted_proxies),
                 notifier=notifier,
             )
-            yield
+            async with running_audit_writer(app, app.state.ctx.sessions):
+                yield
         finally:
             await notifier.close()
             await engine.dispose()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from cli import db, keys, sandboxes, serve
+from cli import archive, db, keys, sandboxes, serve
 
 app = typer.Typer(help="AgentPod control plane.", no_args_is_help=True, add_completion=False)
 app.add_typer(db.app, name="db")
 app.add_typer(keys.app, name="keys")
 app.add_typer(sandboxes.app, name="sandboxes")
+app.add_typer(archive.app, name="archive")
 serve.register(app)
 
 

@@ -15,3 +15,11 @@ def generate(key_id: str = typer.Option("k1", help="Id to give the key (kept in 
     entry = generate_entry(key_id)
     parse_key(entry)  # a typo'd key id is reported here, not at the next start-up
     typer.echo(entry)
+
+
+@app.command()
+def rotate(batch_size: int = typer.Option(200, min=1, help="Rows re-encrypted per transaction.")) -> None:
+    """Re-encrypt every stored secret with the first key of AGENTPOD_ENCRYPTION_KEYS (progress bar)."""
+    from cli.keys_rotate import run
+
+    raise typer.Exit(run(batch_size=batch_size))

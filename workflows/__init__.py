@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from workflows.account_deletion import AccountDeletionWorkflow
+from workflows.archival import ArchivalWorkflow
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 from workflows.sandbox import SandboxWorkflow
 
-ALL_WORKFLOWS: list[type] = [SandboxWorkflow, OpenCodeSyncWorkflow]
+ALL_WORKFLOWS: list[type] = [SandboxWorkflow, OpenCodeSyncWorkflow, ArchivalWorkflow, AccountDeletionWorkflow]

@@ -1,5 +1,31 @@
 """HTTP routes, one module per feature. ``ROUTERS`` is what the app mounts."""
 
-from api.routes import auth, catalog, health, preferences, sandboxes, users
+from api.routes import (
+    account,
+    activity,
+    auth,
+    catalog,
+    chat,
+    chat_sync,
+    health,
+    opencode_config,
+    preferences,
+    providers,
+    sandboxes,
+    users,
+)
 
-ROUTERS = [health.router, auth.router, users.router, catalog.router, sandboxes.router, preferences.router]
+ROUTERS = [
+    health.router,
+    auth.router,
+    users.router,
+    catalog.router,
+    sandboxes.router,
+    chat.router,
+    chat_sync.router,
+    preferences.router,
+    activity.router,
+    providers.router,
+    opencode_config.router,
+    account.router,
+]

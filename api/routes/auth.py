@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 
+from api.audit import AuditEntry, audit
 from api.deps import Auth, ClientIp, DbSession, SettingsDep
 from api.errors import ERROR_RESPONSES, Conflict, Forbidden, Unauthorized
 from api.schemas.auth import SignInRequest, SignUpRequest, TokenResponse, UserOut
@@ -32,19 +34,30 @@ async def _token_response(
 
 @router.post("/sign-up", status_code=status.HTTP_201_CREATED)
 async def sign_up(
-    body: SignUpRequest, db: DbSession, settings: SettingsDep, ip: ClientIp, request: Request
+    body: SignUpRequest,
+    db: DbSession,
+    settings: SettingsDep,
+    ip: ClientIp,
+    request: Request,
+    entry: Annotated[AuditEntry, audit("auth.signup", entity="user", public=True)],
 ) -> TokenResponse:
     """Create an account and sign it in."""
     try:
         user = await users.create_user(db, email=body.email, name=body.name, password_hash=hash_password(body.password))
     except users.EmailTakenError:
         raise Conflict("an account with this email already exists", code="email_taken") from None
+    entry.user_id = user.id
     return await _token_response(db, user, settings, ip, request)
 
 
 @router.post("/sign-in")
 async def sign_in(
-    body: SignInRequest, db: DbSession, settings: SettingsDep, ip: ClientIp, request: Request
+    body: SignInRequest,
+    db: DbSession,
+    settings: SettingsDep,
+    ip: ClientIp,
+    request: Request,
+    entry: Annotated[AuditEntry, audit("auth.login", entity="user", public=True)],
 ) -> TokenResponse:
     """Exchange email and password for a token. Unknown email and wrong password look identical."""
     user = await users.get_user_by_email(db, body.email)
@@ -52,10 +65,11 @@ async def sign_in(
         raise Unauthorized("wrong email or password", code="invalid_credentials")
     if user.locked_at is not None:
         raise Forbidden("this account is being deleted", code="account_locked")
+    entry.user_id = user.id
     return await _token_response(db, user, settings, ip, request)
 
 
-@router.post("/refresh")
+@router.post("/refresh", dependencies=[audit("auth.token_refresh", entity="user")])
 async def refresh(auth: Auth, db: DbSession, settings: SettingsDep, ip: ClientIp, request: Request) -> TokenResponse:
     """Swap the current token for a fresh one; the old token stops working at once."""
     user, session = auth
@@ -63,7 +77,7 @@ async def refresh(auth: Auth, db: DbSession, settings: SettingsDep, ip: ClientIp
     return await _token_response(db, user, settings, ip, request)
 
 
-@router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT, dependencies=[audit("auth.logout", entity="user")])
 async def sign_out(auth: Auth, db: DbSession) -> Response:
     """Revoke the current token."""
     session: AuthSession = auth[1]

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from api.audit import not_audited
 from api.deps import DbSession, OwnedSandbox, TemporalClient
 from api.errors import ERROR_RESPONSES, Conflict, NotFound
 from domain.chat import ReconcileReport, SyncStatus
@@ -44,13 +45,16 @@ async def _reconcile_now(temporal: TemporalClient, sandbox: Sandbox) -> Reconcil
         raise Conflict("the chat sync is not running for this sandbox right now", code="sync_not_running") from None
 
 
-@router.post("/sync")
+@router.post("/sync", dependencies=[not_audited("refreshes our mirror from the agent; changes nothing the user owns")])
 async def sync_now(sandbox: OwnedSandbox, temporal: TemporalClient) -> ReconcileReport:
     """Reconcile every session with OpenCode now."""
     return await _reconcile_now(temporal, sandbox)
 
 
-@router.post("/sessions/{session_id}/sync")
+@router.post(
+    "/sessions/{session_id}/sync",
+    dependencies=[not_audited("refreshes our mirror from the agent; changes nothing the user owns")],
+)
 async def sync_session(
     session_id: str, sandbox: OwnedSandbox, db: DbSession, temporal: TemporalClient
 ) -> ReconcileReport:

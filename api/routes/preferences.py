@@ -21,6 +21,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.audit import audit
 from api.deps import Auth, Context, CurrentUser, DbSession, RequestActor, SettingsDep
 from api.errors import (
     ERROR_RESPONSES,
@@ -99,7 +100,7 @@ async def get_preferences(user: CurrentUser, db: DbSession, response: Response) 
     return _respond(PreferencesOut.model_validate(row), response)
 
 
-@router.put("")
+@router.put("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
 async def replace_preferences(
     body: PreferencesReplace,
     user: CurrentUser,
@@ -114,7 +115,7 @@ async def replace_preferences(
     return await _write(db, notifier, user, actor, response, lambda _: wanted, action="replace", if_match=if_match)
 
 
-@router.patch("")
+@router.patch("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
 async def update_preferences(
     body: PreferencesPatch,
     user: CurrentUser,
@@ -129,7 +130,7 @@ async def update_preferences(
     return await _write(db, notifier, user, actor, response, lambda _: changes, action="update", if_match=if_match)
 
 
-@router.delete("")
+@router.delete("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
 async def reset_preferences(
     user: CurrentUser,
     db: DbSession,
@@ -198,7 +199,7 @@ async def get_history(user: CurrentUser, db: DbSession, response: Response) -> P
     )
 
 
-@router.post("/restore/{version}")
+@router.post("/restore/{version}", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
 async def restore_preferences(
     version: Annotated[int, Path(ge=1, description="A version listed by `/history`.")],
     user: CurrentUser,

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
+from api.audit import audit
 from api.deps import CurrentUser, DbSession, OwnedSandbox, RequestActor, SettingsDep, TemporalClient
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict
 from api.sandbox_workflows import request_transition
@@ -40,7 +41,12 @@ async def list_sandboxes(user: CurrentUser, db: DbSession) -> SandboxList:
     return SandboxList(sandboxes=[SandboxOut.model_validate(row) for row in rows])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_ACCEPTED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=_ACCEPTED,
+    dependencies=[audit("sandbox.create", entity="sandbox", recorded_by="handler")],
+)
 async def create_sandbox(
     body: SandboxCreate,
     user: CurrentUser,
@@ -87,7 +93,11 @@ async def get_sandbox(sandbox: OwnedSandbox) -> SandboxOut:
     return SandboxOut.model_validate(sandbox)
 
 
-@router.patch("/{sandbox_id}", responses=_ACCEPTED)
+@router.patch(
+    "/{sandbox_id}",
+    responses=_ACCEPTED,
+    dependencies=[audit("sandbox.update", entity="sandbox", id_param="sandbox_id", recorded_by="handler")],
+)
 async def update_sandbox(
     body: SandboxUpdate,
     sandbox: OwnedSandbox,
@@ -133,7 +143,11 @@ async def update_sandbox(
     return await _fresh(db, sandbox)
 
 
-@router.post("/{sandbox_id}/start", responses=_ACCEPTED)
+@router.post(
+    "/{sandbox_id}/start",
+    responses=_ACCEPTED,
+    dependencies=[audit("sandbox.start", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
+)
 async def start_sandbox(
     sandbox: OwnedSandbox,
     db: DbSession,
@@ -148,7 +162,11 @@ async def start_sandbox(
     return await _fresh(db, sandbox)
 
 
-@router.post("/{sandbox_id}/stop", responses=_ACCEPTED)
+@router.post(
+    "/{sandbox_id}/stop",
+    responses=_ACCEPTED,
+    dependencies=[audit("sandbox.stop", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
+)
 async def stop_sandbox(
     sandbox: OwnedSandbox,
     db: DbSession,
@@ -163,7 +181,12 @@ async def stop_sandbox(
     return await _fresh(db, sandbox)
 
 
-@router.delete("/{sandbox_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ACCEPTED)
+@router.delete(
+    "/{sandbox_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_ACCEPTED,
+    dependencies=[audit("sandbox.delete", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
+)
 async def delete_sandbox(
     sandbox: OwnedSandbox,
     settings: SettingsDep,

@@ -34,7 +34,11 @@ async def test_create_uses_catalog_defaults_and_logs_activity(
     )
     assert set(body) >= {"opencode_url", "acp_gateway_url", "code_server_url", "vnc_url", "error_message"}
     async with sessions() as db:
-        actions = (await db.scalars(select(ActivityLog.action).where(ActivityLog.user_id == user_id))).all()
+        actions = (
+            await db.scalars(
+                select(ActivityLog.action).where(ActivityLog.user_id == user_id, ActivityLog.entity_type == "sandbox")
+            )
+        ).all()
     assert actions == ["sandbox.create"]
 
     listed = (await client.get(BASE, headers=headers)).json()["sandboxes"]
@@ -106,7 +110,8 @@ async def test_invalid_create_is_rejected_and_stores_nothing(
         assert error["details"]["field"] in ("resource_tier_id", "flavor_id", "addon_ids")
     async with sessions() as db:
         assert await db.scalar(select(func.count()).select_from(Sandbox)) == 0
-        assert await db.scalar(select(func.count()).select_from(ActivityLog)) == 0
+        sandbox_rows = select(func.count()).select_from(ActivityLog).where(ActivityLog.entity_type == "sandbox")
+        assert await db.scalar(sandbox_rows) == 0
 
 
 async def test_patch_renames_and_validates(client: httpx.AsyncClient) -> None:

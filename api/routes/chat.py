@@ -1,0 +1,373 @@
+"""Chat (``/api/v2/sandboxes/{sandbox_id}/chat``): history read from our database, prompts sent to the
+sandbox's OpenCode, and a live stream of what the sync stores.
+
+Everything is owner-scoped: another user's sandbox, or a session of another sandbox, is a 404.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+
+from api.audit import AuditEntry, audit
+from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, StreamTiming, get_stream_timing, relay
+from api.deps import Auth, Context, DbSession, OwnedSandbox, SettingsDep
+from api.errors import ERROR_RESPONSES, ApiError, BadRequest, Conflict, ErrorResponse, NotFound
+from api.schemas.chat import (
+    ChatAbortAccepted,
+    ChatMessageAccepted,
+    ChatMessageCreate,
+    ChatMessageOut,
+    ChatMessagePage,
+    ChatSessionCreate,
+    ChatSessionDetail,
+    ChatSessionList,
+    ChatSessionOut,
+)
+from integrations.opencode.client import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
+from store import chat
+from store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
+from store.tables import ChatSession, Sandbox
+
+router = APIRouter(
+    prefix="/api/v2/sandboxes/{sandbox_id}/chat",
+    tags=["chat"],
+    responses={**ERROR_RESPONSES, 502: {"model": ErrorResponse, "description": "The sandbox's agent failed"}},
+)
+
+DETAIL_MESSAGES = 50
+
+# --- OpenCode access (injectable: tests substitute a fake speaking the same interface) --------------
+
+
+class OpenCodeChat(Protocol):
+    """The part of :class:`OpenCodeClient` the chat routes use (tests substitute a fake)."""
+
+    async def create_session(self, title: str | None = None) -> dict[str, Any]:
+        """``POST /session``; returns OpenCode's Session object."""
+        ...
+
+    async def prompt_async(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        model: tuple[str, str] | None = None,
+        agent: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """``POST /session/{id}/prompt_async``: answers once queued; the reply arrives as events."""
+        ...
+
+    async def abort(self, session_id: str) -> bool:
+        """``POST /session/{id}/abort``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection pool."""
+        ...
+
+
+OpenCodeFactory = Callable[[str], OpenCodeChat]
+
+
+def get_opencode_factory() -> OpenCodeFactory:
+    """Builds an OpenCode client for a base URL."""
+    return OpenCodeClient
+
+
+OpenCodeClients = Annotated[OpenCodeFactory, Depends(get_opencode_factory)]
+
+_LOCAL_DOMAINS = ("localhost", "127.0.0.1")
+
+
+def internal_opencode_url(opencode_url: str | None, public_domain: str) -> str | None:
+    """Where the control plane reaches a sandbox's OpenCode, or None when the stored row cannot tell.
+
+    On a local install the stored URL is the published loopback port (``http://localhost:<port>``);
+    behind a proxy it is a public hostname that does not carry the published port.
+    """
+    if not opencode_url or public_domain not in _LOCAL_DOMAINS:
+        return None
+    try:
+        port = urlsplit(opencode_url).port
+    except ValueError:
+        return None
+    return f"http://127.0.0.1:{port}" if port else None
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_last_ms = 0
+_counter = 0
+
+
+def new_message_id(now_ms: int | None = None) -> str:
+    """An ascending OpenCode message id (``msg_`` + 12 hex of ms*4096+counter + 14 base62).
+
+    OpenCode orders a session's messages by id, so a client-chosen id must sort after earlier ones;
+    the format matches OpenCode's ``Identifier.ascending``.
+    """
+    global _last_ms, _counter
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if now_ms != _last_ms:
+        _last_ms, _counter = now_ms, 0
+    _counter += 1
+    value = (now_ms * 0x1000 + _counter) & (2**48 - 1)
+    return "msg_" + value.to_bytes(6, "big").hex() + "".join(secrets.choice(_BASE62) for _ in range(14))
+
+
+@asynccontextmanager
+async def _opencode(clients: OpenCodeFactory, sandbox: Sandbox, public_domain: str) -> AsyncIterator[OpenCodeChat]:
+    """A client for the sandbox's OpenCode; its failures become 409 / 502 in the error shape."""
+    if sandbox.status != "running":
+        raise Conflict(
+            f"the sandbox is {sandbox.status}; start it first",
+            code="sandbox_not_running",
+            details={"status": sandbox.status},
+        )
+    base_url = sandbox.opencode_internal_url or internal_opencode_url(sandbox.opencode_url, public_domain)
+    if base_url is None:
+        raise Conflict("the sandbox's agent address is not known yet", code="opencode_address_unknown")
+    client = clients(base_url)
+    try:
+        yield client
+    except OpenCodeNotFound:
+        raise Conflict("the agent no longer has this session", code="upstream_session_missing") from None
+    except OpenCodeUnavailable:
+        raise ApiError("the sandbox's agent is not reachable", status=502, code="opencode_unavailable") from None
+    except OpenCodeError as error:
+        raise ApiError(
+            "the sandbox's agent refused the request",
+            status=502,
+            code="opencode_error",
+            details={"status": error.status},
+        ) from None
+    finally:
+        await client.aclose()
+
+
+# --- Shared dependencies and helpers ---------------------------------------------------------------
+
+
+async def get_chat_session(session_id: str, sandbox: OwnedSandbox, db: DbSession) -> ChatSession:
+    """The session ``session_id`` of the caller's sandbox (404 otherwise)."""
+    session = await chat.get_session(db, sandbox, session_id)
+    if session is None:
+        raise NotFound("chat session not found", code="chat_session_not_found")
+    return session
+
+
+OwnedChatSession = Annotated[ChatSession, Depends(get_chat_session)]
+
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
+MessageLimit = Annotated[int, Query(ge=1, le=200, description="Page size (1-200).")]
+Cursor = Annotated[str | None, Query(max_length=1024)]
+
+
+def _invalid_cursor(error: InvalidCursor, parameter: str) -> BadRequest:
+    return BadRequest(str(error), code="invalid_cursor", details={"parameter": parameter})
+
+
+def _upstream_id(session: ChatSession) -> str:
+    if session.source != "opencode" or not session.opencode_session_id:
+        raise Conflict("only OpenCode sessions take prompts here", code="not_an_opencode_session")
+    if session.status == "deleted" or session.missing_upstream_at is not None:
+        raise Conflict("the agent no longer has this session", code="upstream_session_missing")
+    return session.opencode_session_id
+
+
+def _page(page: chat.MessagePage, include_raw: bool, given: str | None) -> dict[str, Any]:
+    messages = page.messages
+    return {
+        "messages": [ChatMessageOut.from_row(row, include_raw=include_raw) for row in messages],
+        "older_cursor": MessageKey.of(messages[0]).encode() if messages else given,
+        "newer_cursor": MessageKey.of(messages[-1]).encode() if messages else given,
+    }
+
+
+# --- Reads ----------------------------------------------------------------------------------------
+
+
+@router.get("/sessions")
+async def list_sessions(
+    sandbox: OwnedSandbox,
+    db: DbSession,
+    status_filter: Annotated[SessionStatus, Query(alias="status")] = "active",
+    include_children: bool = False,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> ChatSessionList:
+    """The sandbox's sessions, most recently active first; subagent sessions only with ``include_children``."""
+    try:
+        after = SessionKey.decode(cursor) if cursor else None
+    except InvalidCursor as error:
+        raise _invalid_cursor(error, "cursor") from None
+    page = await chat.list_sessions(
+        db, sandbox.id, status=status_filter, include_children=include_children, limit=limit, after=after
+    )
+    return ChatSessionList(
+        sessions=[ChatSessionOut.from_row(row, page.child_counts.get(row.id, 0)) for row in page.sessions],
+        next_cursor=page.next_key.encode() if page.next_key else None,
+        total=page.total,
+    )
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session: OwnedChatSession, db: DbSession, include_raw: bool = False) -> ChatSessionDetail:
+    """One session with its newest messages (oldest first) and its subagent sessions."""
+    page = await chat.message_page(db, session.id, limit=DETAIL_MESSAGES)
+    children = await chat.children_of(db, session)
+    counts = await chat.child_counts(db, [session.id, *(child.id for child in children)])
+    return ChatSessionDetail(
+        session=ChatSessionOut.from_row(session, counts.get(session.id, 0)),
+        has_more=page.has_older,
+        children=[ChatSessionOut.from_row(child, counts.get(child.id, 0)) for child in children],
+        **_page(page, include_raw, None),
+    )
+
+
+@router.get("/sessions/{session_id}/messages")
+async def list_messages(
+    session: OwnedChatSession,
+    db: DbSession,
+    before: Cursor = None,
+    after: Cursor = None,
+    limit: MessageLimit = 50,
+    include_raw: bool = False,
+) -> ChatMessagePage:
+    """Messages in chronological order: the newest page, or the page ``before`` / ``after`` a cursor."""
+    if before and after:
+        raise BadRequest("give either before or after, not both", code="conflicting_cursors")
+    try:
+        before_key = MessageKey.decode(before) if before else None
+        after_key = MessageKey.decode(after) if after else None
+    except InvalidCursor as error:
+        raise _invalid_cursor(error, "before" if before else "after") from None
+    page = await chat.message_page(db, session.id, limit=limit, before=before_key, after=after_key)
+    return ChatMessagePage(
+        has_older=page.has_older, has_newer=page.has_newer, **_page(page, include_raw, before or after)
+    )
+
+
+# --- Writes ---------------------------------------------------------------------------------------
+
+
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def archive_session(
+    session: OwnedChatSession,
+    db: DbSession,
+    entry: Annotated[AuditEntry, audit("chat.session_archive", entity="chat_session", id_param="session_id")],
+) -> Response:
+    """Archive the session (hidden from the default list, history kept). Idempotent."""
+    if await chat.archive_session(db, session):
+        await entry.record(db, sandbox_id=session.sandbox_id)
+        await db.commit()
+    else:
+        entry.skip()  # already archived (or deleted upstream): nothing changed
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/sessions", status_code=status.HTTP_201_CREATED)
+async def create_session(
+    sandbox: OwnedSandbox,
+    db: DbSession,
+    settings: SettingsDep,
+    clients: OpenCodeClients,
+    entry: Annotated[AuditEntry, audit("chat.session_create", entity="chat_session")],
+    body: ChatSessionCreate | None = None,
+) -> ChatSessionOut:
+    """Create a session in the sandbox's OpenCode; it is listed at once (the sync fills in the rest)."""
+    async with _opencode(clients, sandbox, settings.public_domain) as opencode:
+        upstream = await opencode.create_session(body.title if body else None)
+    session = await chat.upsert_opencode_session(db, sandbox, upstream)
+    await entry.record(db, entity_id=session.id, sandbox_id=sandbox.id, opencode_session_id=session.opencode_session_id)
+    await db.commit()
+    return ChatSessionOut.from_row(session)
+
+
+@router.post("/sessions/{session_id}/messages", status_code=status.HTTP_202_ACCEPTED)
+async def send_message(
+    body: ChatMessageCreate,
+    sandbox: OwnedSandbox,
+    session: OwnedChatSession,
+    db: DbSession,
+    settings: SettingsDep,
+    clients: OpenCodeClients,
+    entry: Annotated[AuditEntry, audit("chat.message_send", entity="chat_session", id_param="session_id")],
+) -> ChatMessageAccepted:
+    """Send a prompt; answers at once with the message id the synced user message will carry."""
+    upstream_id = _upstream_id(session)
+    message_id = new_message_id()
+    model = None
+    if body.model:
+        provider, model_id = body.model.split("/", 1)
+        model = (provider, model_id)
+    async with _opencode(clients, sandbox, settings.public_domain) as opencode:
+        await opencode.prompt_async(upstream_id, body.text, model=model, agent=body.agent, message_id=message_id)
+    # The prompt text stays in the chat tables; the audit trail records only its size.
+    await entry.record(
+        db, sandbox_id=sandbox.id, message_id=message_id, chars=len(body.text), model=body.model, agent=body.agent
+    )
+    await db.commit()
+    return ChatMessageAccepted(session_id=session.id, message_id=message_id)
+
+
+@router.post(
+    "/sessions/{session_id}/abort",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[audit("chat.session_abort", entity="chat_session", id_param="session_id")],
+)
+async def abort_session(
+    sandbox: OwnedSandbox, session: OwnedChatSession, settings: SettingsDep, clients: OpenCodeClients
+) -> ChatAbortAccepted:
+    """Ask the agent to stop the turn in progress (the sync records the outcome)."""
+    upstream_id = _upstream_id(session)
+    async with _opencode(clients, sandbox, settings.public_domain) as opencode:
+        await opencode.abort(upstream_id)
+    return ChatAbortAccepted(session_id=session.id)
+
+
+# --- Live stream ----------------------------------------------------------------------------------
+
+
+@router.get(
+    "/stream",
+    response_class=EventStreamResponse,
+    responses={200: {"description": "Server-Sent Events: `ready`, `session`, `message`, `end`"}},
+)
+async def stream(
+    request: Request,
+    sandbox: OwnedSandbox,
+    auth: Auth,
+    db: DbSession,
+    ctx: Context,
+    timing: Annotated[StreamTiming, Depends(get_stream_timing)],
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=200)] = None,
+    last_event_id: Annotated[
+        str | None, Query(max_length=200, description="For clients that cannot set headers.")
+    ] = None,
+) -> EventStreamResponse:
+    """Every session and message row of this sandbox that changes from now on (or after ``Last-Event-ID``)."""
+    given = last_event_id_header or last_event_id
+    try:
+        start = ChangeKey.decode(given) if given else await chat.latest_change(db, sandbox.id)
+    except InvalidCursor as error:
+        raise _invalid_cursor(error, "Last-Event-ID") from None
+    sandbox_id, auth_session_id = sandbox.id, auth[1].id
+    # The stream polls with its own short sessions; holding this one would pin a connection (and, on
+    # SQLite, an old read snapshot) for as long as the phone stays connected.
+    await db.close()
+
+    async def still_allowed() -> bool:
+        async with ctx.sessions() as check:
+            return await chat.viewer_still_allowed(check, auth_session_id, sandbox_id)
+
+    feed = ChangeFeed(ctx.sessions, sandbox_id, start, lookback=timing.lookback, batch=timing.batch)
+    events = relay(feed, timing, is_disconnected=request.is_disconnected, still_allowed=still_allowed)
+    return EventStreamResponse(events, headers=STREAM_HEADERS)

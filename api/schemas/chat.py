@@ -1,0 +1,176 @@
+"""Bodies of the chat endpoints (``/api/v2/sandboxes/{sandbox_id}/chat``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.schemas.base import RequestBody, ResponseBody
+from store.tables import ChatMessage, ChatSession
+
+MAX_MESSAGE_CHARS = 100_000
+
+
+class ChatSessionOut(ResponseBody):
+    """A conversation. Subagent sessions carry ``parent_session_id``; parents count them in ``child_count``."""
+
+    id: str
+    source: str = Field(description="`opencode` or `acp_gateway`.")
+    opencode_session_id: str | None
+    acp_session_id: str | None
+    acp_agent_id: str | None
+    title: str | None
+    status: str = Field(description="`active`, `archived` (by the user) or `deleted` (deleted in the agent).")
+    parent_session_id: str | None
+    child_count: int
+    message_count: int
+    user_message_count: int
+    assistant_message_count: int
+    total_input_tokens: int
+    total_output_tokens: int
+    last_message_at: datetime | None
+    upstream_created_at: datetime | None
+    upstream_updated_at: datetime | None
+    missing_upstream: bool = Field(description="The agent no longer has this session; our copy is kept.")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: ChatSession, child_count: int = 0) -> ChatSessionOut:
+        """Build from a row plus its number of subagent sessions."""
+        return cls.model_validate(
+            {
+                **{name: getattr(row, name) for name in cls.model_fields if hasattr(row, name)},
+                "child_count": child_count,
+                "missing_upstream": row.missing_upstream_at is not None,
+            }
+        )
+
+
+class TokenUsage(BaseModel):
+    """Tokens one message used."""
+
+    input: int
+    output: int
+    reasoning: int
+    cache_read: int
+    cache_write: int
+
+
+class ChatMessageOut(ResponseBody):
+    """One message, normalized; the agent's raw parts are in ``content`` only with ``include_raw=true``."""
+
+    id: str
+    session_id: str
+    external_message_id: str = Field(description="The agent's own id (`msg_…` for OpenCode).")
+    source: str
+    role: str
+    status: str = Field(description="`streaming`, `complete`, `error`, `cancelled` or `interrupted`.")
+    text: str | None
+    thinking: str | None
+    tool_calls: list[Any] | None
+    tool_results: list[Any] | None
+    model_provider: str | None
+    model_id: str | None
+    agent_id: str | None
+    tokens: TokenUsage
+    cost: Decimal = Field(description="USD, as a decimal string.")
+    error_message: str | None
+    upstream_created_at: datetime | None
+    upstream_completed_at: datetime | None
+    missing_upstream: bool
+    updated_at: datetime
+    content: dict[str, Any] | None = Field(None, description="Raw upstream parts; null unless `include_raw=true`.")
+
+    @classmethod
+    def from_row(cls, row: ChatMessage, *, include_raw: bool = False) -> ChatMessageOut:
+        """Build from a row."""
+        return cls.model_validate(
+            {
+                **{name: getattr(row, name) for name in cls.model_fields if name != "content" and hasattr(row, name)},
+                "tokens": TokenUsage(
+                    input=row.input_tokens,
+                    output=row.output_tokens,
+                    reasoning=row.reasoning_tokens,
+                    cache_read=row.cache_read_tokens,
+                    cache_write=row.cache_write_tokens,
+                ),
+                "missing_upstream": row.missing_upstream_at is not None,
+                "content": row.content if include_raw else None,
+            }
+        )
+
+
+class ChatSessionList(ResponseBody):
+    """A page of sessions; pass ``next_cursor`` as ``cursor`` for the next one (null: last page)."""
+
+    sessions: list[ChatSessionOut]
+    next_cursor: str | None
+    total: int = Field(description="Sessions matching the filters, over all pages.")
+
+
+class ChatMessagePage(ResponseBody):
+    """Messages in chronological order.
+
+    Pass ``older_cursor`` as ``before`` to go back in time and ``newer_cursor`` as ``after`` to go forward
+    (also later, to fetch what arrived since). Cursors are null only when the page is empty and no
+    cursor was given.
+    """
+
+    messages: list[ChatMessageOut]
+    has_older: bool
+    has_newer: bool
+    older_cursor: str | None
+    newer_cursor: str | None
+
+
+class ChatSessionDetail(ResponseBody):
+    """A session, its newest messages (chronological) and its subagent sessions."""
+
+    session: ChatSessionOut
+    messages: list[ChatMessageOut]
+    has_more: bool = Field(description="Older messages exist: page with `older_cursor` as `before`.")
+    older_cursor: str | None
+    newer_cursor: str | None
+    children: list[ChatSessionOut]
+
+
+class ChatSessionCreate(RequestBody):
+    """Start a conversation in the sandbox's OpenCode."""
+
+    title: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+
+
+class ChatMessageCreate(RequestBody):
+    """A prompt for the agent. ``text`` is sent as typed (whitespace kept)."""
+
+    model_config = ConfigDict(str_strip_whitespace=False)
+
+    text: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    model: Annotated[str, Field(max_length=400, pattern=r"^[^/\s]+/\S+$")] | None = Field(
+        None, description="`provider/model`, e.g. `anthropic/claude-sonnet-4`; the agent's default when absent."
+    )
+    agent: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be blank")
+        return value
+
+
+class ChatMessageAccepted(ResponseBody):
+    """The prompt was handed to the agent; the reply arrives through the stream and the message list."""
+
+    session_id: str
+    message_id: str = Field(description="The user message's upstream id: its `external_message_id` once synced.")
+
+
+class ChatAbortAccepted(ResponseBody):
+    """The agent was asked to stop the current turn."""
+
+    session_id: str
