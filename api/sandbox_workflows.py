@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
+from fastapi import Depends
 from temporalio.client import Client
 
+from api.deps import RequestActor, SettingsDep, TemporalClient
 from api.errors import Conflict
 from core.settings import Settings
 from domain.sandbox import Actor, SandboxRecord, SandboxWorkflowState
@@ -37,3 +40,27 @@ async def request_transition(
         )
     except sandbox_client.IllegalTransitionError as error:
         raise Conflict(str(error), code="illegal_transition") from None
+
+
+class SandboxTransitions:
+    """The caller's way to ask a sandbox's workflow for a transition (settings, client and actor bound)."""
+
+    def __init__(self, client: Client, settings: Settings, actor: Actor) -> None:
+        self._client = client
+        self._settings = settings
+        self._actor = actor
+
+    async def __call__(self, sandbox: Sandbox, update: str, *, changed_fields: list[str] | None = None) -> bool:
+        """Ask for ``update``; True when it finished, False when still in progress (answer 202)."""
+        state = await request_transition(
+            self._client, self._settings, sandbox, update, self._actor, changed_fields=changed_fields
+        )
+        return state is not None
+
+
+def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:
+    """Dependency: transitions on behalf of the current request."""
+    return SandboxTransitions(client, settings, actor)
+
+
+Transitions = Annotated[SandboxTransitions, Depends(get_transitions)]

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from api.audit import audit
-from api.deps import CurrentUser, DbSession, OwnedSandbox, RequestActor, SettingsDep, TemporalClient
+from api.deps import CurrentUser, DbSession, OwnedSandbox, RequestActor
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict
-from api.sandbox_workflows import request_transition
+from api.sandbox_workflows import Transitions
 from api.schemas.sandboxes import SandboxCreate, SandboxList, SandboxOut, SandboxUpdate
 from domain.activity import ActivityEvent
 from domain.sandbox import Actor
@@ -51,8 +51,7 @@ async def create_sandbox(
     body: SandboxCreate,
     user: CurrentUser,
     db: DbSession,
-    settings: SettingsDep,
-    temporal: TemporalClient,
+    transition: Transitions,
     actor: RequestActor,
     response: Response,
 ) -> SandboxOut:
@@ -82,7 +81,7 @@ async def create_sandbox(
         raise Conflict(f"you already have a sandbox named {body.name!r}", code="duplicate_name") from None
     await record_activity(db, _event(user.id, "sandbox.create", sandbox, actor, {"auto_start": body.auto_start}))
     await db.commit()
-    if body.auto_start and await request_transition(temporal, settings, sandbox, "start", actor) is None:
+    if body.auto_start and not await transition(sandbox, "start"):
         response.status_code = status.HTTP_202_ACCEPTED
     return await _fresh(db, sandbox)
 
@@ -102,8 +101,7 @@ async def update_sandbox(
     body: SandboxUpdate,
     sandbox: OwnedSandbox,
     db: DbSession,
-    settings: SettingsDep,
-    temporal: TemporalClient,
+    transition: Transitions,
     actor: RequestActor,
     response: Response,
 ) -> SandboxOut:
@@ -134,12 +132,9 @@ async def update_sandbox(
         await record_activity(db, _event(sandbox.user_id, "sandbox.update", sandbox, actor, {"fields": changed}))
     await db.commit()
     reshaping = {"resource_tier_id", "flavor_id", "addon_ids"} & set(changed)
-    if reshaping and sandbox.status != "created":
-        state = await request_transition(
-            temporal, settings, sandbox, "reconfigure", actor, changed_fields=sorted(reshaping)
-        )
-        if state is None:
-            response.status_code = status.HTTP_202_ACCEPTED
+    has_container = sandbox.status != "created"
+    if reshaping and has_container and not await transition(sandbox, "reconfigure", changed_fields=sorted(reshaping)):
+        response.status_code = status.HTTP_202_ACCEPTED
     return await _fresh(db, sandbox)
 
 
@@ -149,15 +144,10 @@ async def update_sandbox(
     dependencies=[audit("sandbox.start", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
 )
 async def start_sandbox(
-    sandbox: OwnedSandbox,
-    db: DbSession,
-    settings: SettingsDep,
-    temporal: TemporalClient,
-    actor: RequestActor,
-    response: Response,
+    sandbox: OwnedSandbox, db: DbSession, transition: Transitions, response: Response
 ) -> SandboxOut:
     """Start the container; answers when OpenCode is healthy (202 if that takes unusually long)."""
-    if await request_transition(temporal, settings, sandbox, "start", actor) is None:
+    if not await transition(sandbox, "start"):
         response.status_code = status.HTTP_202_ACCEPTED
     return await _fresh(db, sandbox)
 
@@ -167,16 +157,9 @@ async def start_sandbox(
     responses=_ACCEPTED,
     dependencies=[audit("sandbox.stop", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
 )
-async def stop_sandbox(
-    sandbox: OwnedSandbox,
-    db: DbSession,
-    settings: SettingsDep,
-    temporal: TemporalClient,
-    actor: RequestActor,
-    response: Response,
-) -> SandboxOut:
+async def stop_sandbox(sandbox: OwnedSandbox, db: DbSession, transition: Transitions, response: Response) -> SandboxOut:
     """Stop the container (workspace and agent data are kept)."""
-    if await request_transition(temporal, settings, sandbox, "stop", actor) is None:
+    if not await transition(sandbox, "stop"):
         response.status_code = status.HTTP_202_ACCEPTED
     return await _fresh(db, sandbox)
 
@@ -187,14 +170,9 @@ async def stop_sandbox(
     responses=_ACCEPTED,
     dependencies=[audit("sandbox.delete", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
 )
-async def delete_sandbox(
-    sandbox: OwnedSandbox,
-    settings: SettingsDep,
-    temporal: TemporalClient,
-    actor: RequestActor,
-) -> Response:
+async def delete_sandbox(sandbox: OwnedSandbox, transition: Transitions) -> Response:
     """Delete the sandbox: container, volumes and row (chat history goes with it)."""
-    if await request_transition(temporal, settings, sandbox, "delete", actor) is None:
+    if not await transition(sandbox, "delete"):
         return Response(status_code=status.HTTP_202_ACCEPTED)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
