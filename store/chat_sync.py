@@ -14,6 +14,7 @@ Session counters are recomputed from the messages with SQL aggregates in the wri
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -26,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from domain.activity import ActivityEvent
+from store.activity import record_activity
 from store.base import new_id
 from store.tables.chat import ChatMessage, ChatSession
 
@@ -570,3 +573,35 @@ __all__ = [
     "upsert_message",
     "upsert_session",
 ]
+
+
+_FINISHED_REPLY = ("complete", "error", "cancelled")
+
+
+async def record_reply_received(
+    db: AsyncSession, *, user_id: str, session_row_id: str, values: MessageValues, stored: MessageRow | None
+) -> None:
+    """Audit ``chat.message_receive`` when an assistant reply first reaches a final state.
+
+    The event id is derived from the message, so the live path, a reconcile and retries record it once.
+    """
+    if values.role != "assistant" or values.status not in _FINISHED_REPLY:
+        return
+    if stored is not None and stored.values.status == values.status:
+        return
+    event = ActivityEvent(
+        user_id=user_id,
+        action="chat.message_receive",
+        entity_type="chat_session",
+        entity_id=session_row_id,
+        metadata={
+            "message_id": values.external_message_id,
+            "status": values.status,
+            "model": values.model_id,
+            "output_tokens": values.output_tokens,
+        },
+    )
+    event_id = str(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"chat.message_receive:{session_row_id}:{values.external_message_id}")
+    )
+    await record_activity(db, event, event_id=event_id)

@@ -67,6 +67,7 @@ from store.chat_sync import (
     mark_interrupted,
     mark_session_deleted,
     recompute_session_stats,
+    record_reply_received,
     remove_message,
     remove_part,
     upsert_message,
@@ -211,6 +212,9 @@ class _BatchWriter:
         if await upsert_message(self.db, session_id=ref.id, values=values, now=self.now, stored=stored):
             self.touched += 1
             self.stale.add(ref.id)
+            await record_reply_received(
+                self.db, user_id=self.user_id, session_row_id=ref.id, values=values, stored=stored
+            )
 
     async def finish(self) -> None:
         for session_row_id in sorted(self.stale):
@@ -365,6 +369,9 @@ class OpenCodeMirror:
                 if await upsert_message(db, session_id=write.id, values=values, now=now, stored=row):
                     changed = True
                     report.messages_upserted += 1
+                    await record_reply_received(
+                        db, user_id=self.user_id, session_row_id=write.id, values=values, stored=row
+                    )
                     if values.status == "interrupted" and (row is None or row.values.status != "interrupted"):
                         report.messages_interrupted += 1
                 else:

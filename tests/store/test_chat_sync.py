@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domain.chat import ReconcileReport
 from integrations.opencode.mirror import OpenCodeMirror, judge_upstream
-from store.tables import ChatMessage, ChatSession, Sandbox, User
+from store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox, User
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
 SES = "ses_de99cb776ffeanXOCVNaqIDQUa"
@@ -219,6 +219,15 @@ async def test_applying_the_same_batch_three_times_gives_the_same_rows(
     assert tool_turn["tool_calls"][0]["tool"] == "bash"
     assert tool_turn["tool_results"][0]["output"] == "hello-from-tool\n"
     assert first["messages"][U1]["text"] == "Say hello"
+
+    # Each finished reply is audited once, however often the same events arrive.
+    async with sessions() as db:
+        received = (
+            await db.scalars(select(ActivityLog.metadata_).where(ActivityLog.action == "chat.message_receive"))
+        ).all()
+    assert sorted(m["message_id"] for m in received) == sorted(
+        mid for mid, m in first["messages"].items() if m["role"] == "assistant" and m["status"] == "complete"
+    )
 
 
 async def test_counters_follow_errors_aborts_and_removals(
