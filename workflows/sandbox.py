@@ -101,6 +101,7 @@ class SandboxWorkflow:
         self._request: tuple[TransitionRequest, str] | None = None  # latest request + its audit action
         self._deleted = False
         self._error_retries = 0  # automatic retries of a start that ended in error
+        self._pending_sync: SyncTarget | None = None
 
     # ----------------------------------------------------------------- run loop
 
@@ -116,11 +117,13 @@ class SandboxWorkflow:
                 )
             except TimeoutError:
                 await self._check_drift()
+                await self._start_pending_sync()
                 continue
             if self._requested > self._completed:
                 generation = self._requested
                 await self._reconcile()
                 self._completed = generation
+                await self._start_pending_sync()
                 continue
             # Continue-as-new only while idle, after in-flight handlers return their answers.
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -250,11 +253,11 @@ class SandboxWorkflow:
         self.state.urls = endpoints.urls
         self.state.internal_opencode_url = endpoints.internal_opencode_url
         await self._set_status(SandboxStatus.RUNNING)
-        # The chat mirror follows the (possibly new) OpenCode address from now on.
-        target = SyncTarget(
+        # The chat mirror follows the (possibly new) OpenCode address; started right after the caller has
+        # its answer, so the user does not wait for it.
+        self._pending_sync = SyncTarget(
             sandbox_id=sandbox_id, user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url
         )
-        await _call("sync_ensure_started", target, profile=_DB, result_type=type(None))
         return True
 
     async def _ensure_stopped(self) -> bool:
@@ -280,6 +283,12 @@ class SandboxWorkflow:
         await _call("sandbox_delete_row", self.state.sandbox_id, profile=_DB, result_type=type(None))
         self._deleted = True
         return True
+
+    async def _start_pending_sync(self) -> None:
+        """Start (or re-target) the chat mirror for the OpenCode a start or repair just brought up."""
+        target, self._pending_sync = self._pending_sync, None
+        if target is not None and self.state.status == SandboxStatus.RUNNING:
+            await _call("sync_ensure_started", target, profile=_DB, result_type=type(None))
 
     async def _finish_sync(self) -> None:
         """Let the chat mirror take a last look before the container goes away (best effort)."""
