@@ -44,7 +44,7 @@ from temporalio.service import RPCError
 from bench._result import Result, console, p50
 from bench._stack import Stack, running_stack
 from domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, container_name, volume_names
-from integrations.docker_engine import DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
+from integrations.docker_engine import CONFIG_WAIT_SECONDS, DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
 from workflows.ids import sandbox_workflow_id
 
 IMAGE = "agentpod-sandbox:dev"
@@ -93,7 +93,11 @@ class Direct:
             name=self.name,
             detach=True,
             labels=labels,
-            environment={"AGENTPOD_SANDBOX_ID": self.name, "AGENTPOD_REPO_NAME": "bench"},
+            environment={
+                "AGENTPOD_SANDBOX_ID": self.name,
+                "AGENTPOD_REPO_NAME": "bench",
+                "AGENTPOD_CONFIG_WAIT": str(CONFIG_WAIT_SECONDS),
+            },
             ports={f"{port}/tcp": ("127.0.0.1",) for port in PORTS},
             volumes={
                 workspace: {"bind": WORKSPACE_PATH, "mode": "rw"},
@@ -107,12 +111,18 @@ class Direct:
             security_opt=["no-new-privileges:true"],
             network_mode="bridge",
         )
+        self._release()
         return self._opencode_port()
 
     def start(self) -> int:
         """Start the stopped container; returns the published OpenCode port (Docker picks a new one)."""
         self.container.start()
+        self._release()
         return self._opencode_port()
+
+    def _release(self) -> None:
+        # The same handshake the control plane does (with no config to deliver): let OpenCode start.
+        self.container.exec_run(["touch", f"{SECRETS_PATH}/ready"])
 
     def stop(self) -> None:
         self.container.stop(timeout=10)
