@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from store.tables import Sandbox, User
 
 
 def auth_header(token: str) -> dict[str, str]:
@@ -34,3 +38,26 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert error["code"] == code
     return error
+
+
+@dataclass
+class Owner:
+    """A user and one of their sandboxes, inserted directly (no API, no container)."""
+
+    user_id: str
+    sandbox_id: str
+
+
+async def make_owner(sessions: async_sessionmaker[AsyncSession]) -> Owner:
+    """Insert a user with a sandbox row (starter tier, js flavor)."""
+    async with sessions() as db:
+        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", name="Test user", password_hash=None)
+        db.add(user)
+        await db.flush()
+        slug = f"sb-{uuid.uuid4().hex[:8]}"
+        sandbox = Sandbox(
+            user_id=user.id, name=slug, slug=slug, repo_name=slug, resource_tier_id="starter", flavor_id="js"
+        )
+        db.add(sandbox)
+        await db.commit()
+        return Owner(user.id, sandbox.id)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domain.chat import ReconcileReport
 from integrations.opencode.mirror import OpenCodeMirror, judge_upstream
-from store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox, User
+from store.tables import ActivityLog, ChatMessage, ChatSession
+from tests.helpers import Owner, make_owner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
 SES = "ses_de99cb776ffeanXOCVNaqIDQUa"
@@ -45,26 +44,6 @@ def all_events() -> list[JSON]:
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@dataclass
-class Owner:
-    user_id: str
-    sandbox_id: str
-
-
-async def make_owner(sessions: async_sessionmaker[AsyncSession]) -> Owner:
-    async with sessions() as db:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", name="Chat user", password_hash=None)
-        db.add(user)
-        await db.flush()
-        slug = f"sb-{uuid.uuid4().hex[:8]}"
-        sandbox = Sandbox(
-            user_id=user.id, name=slug, slug=slug, repo_name=slug, resource_tier_id="starter", flavor_id="js"
-        )
-        db.add(sandbox)
-        await db.commit()
-        return Owner(user.id, sandbox.id)
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +27,8 @@ from core.settings import Settings
 from domain.chat import StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
 from integrations.opencode.client import JSON, OpenCodeClient
 from integrations.opencode.mapping import canonical, ms_to_datetime
-from store.tables import ChatMessage, ChatSession, Sandbox, User
+from store.tables import ChatMessage, ChatSession
+from tests.helpers import Owner
 
 T = TypeVar("T")
 
@@ -96,28 +96,6 @@ async def prompt_and_wait(client: OpenCodeClient, session_id: str, text: str) ->
 
 
 # --------------------------------------------------------------------------- database side
-
-
-@dataclass
-class Owner:
-    """A user and a sandbox row for the mirror to write under."""
-
-    user_id: str
-    sandbox_id: str
-
-
-async def make_owner(sessions: async_sessionmaker[AsyncSession]) -> Owner:
-    async with sessions() as db:
-        user = User(email=f"sync-{uuid.uuid4().hex[:8]}@example.com", name="Sync user", password_hash=None)
-        db.add(user)
-        await db.flush()
-        slug = f"sb-{uuid.uuid4().hex[:8]}"
-        sandbox = Sandbox(
-            user_id=user.id, name=slug, slug=slug, repo_name=slug, resource_tier_id="starter", flavor_id="js"
-        )
-        db.add(sandbox)
-        await db.commit()
-        return Owner(user.id, sandbox.id)
 
 
 async def stored_session(

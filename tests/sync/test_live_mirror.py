@@ -22,15 +22,14 @@ from core.settings import Settings
 from integrations.opencode.client import OpenCodeClient
 from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_PREAMBLE, FakeLLM
 from tests.fakes.opencode_server import EventTap, OpenCodeProcess
+from tests.helpers import Owner, make_owner
 from tests.sync.conftest import (
-    Owner,
     StreamRun,
     Syncer,
     assert_mirrored,
     assert_sandbox_mirrored,
     count_rows,
     eventually,
-    make_owner,
     prompt_and_wait,
     stored_session,
     stored_sessions,
