@@ -20,6 +20,8 @@ Quirks of OpenCode 1.18 this client relies on or works around:
 from __future__ import annotations
 
 import json
+import ssl
+import threading
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -53,6 +55,25 @@ class OpenCodeNotFound(OpenCodeError):
     """404: the addressed session or message does not exist."""
 
 
+_ssl_lock = threading.Lock()
+_ssl_context: ssl.SSLContext | None = None
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process, built the way httpx builds its default.
+
+    httpx builds a new context per ``AsyncClient`` (and per proxy mount) unless given one, and each
+    loads the CA bundle: ~850 KB per client. The sync holds one client per sandbox, almost always
+    over plain HTTP, so sharing the context is what keeps an idle stream cheap. Reading it is
+    thread-safe; it is built once, on first use (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` as httpx reads them).
+    """
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            _ssl_context = httpx.create_ssl_context()
+        return _ssl_context
+
+
 def _seg(value: str) -> str:
     """One URL path segment; ids come from outside, so never let them add path levels."""
     return quote(value, safe="")
@@ -84,7 +105,8 @@ def _error_for(response: httpx.Response, what: str) -> OpenCodeError:
 class OpenCodeClient:
     """One OpenCode server. Use as ``async with OpenCodeClient(url) as oc:`` (or call :meth:`aclose`).
 
-    All calls share one ``httpx.AsyncClient``; ``timeout`` applies to every call except the event
+    All calls share one ``httpx.AsyncClient`` (and every client of the process one TLS context, see
+    :func:`shared_ssl_context`); ``timeout`` applies to every call except the event
     stream, which has no read timeout (OpenCode sends a heartbeat every 10 s; the caller judges liveness).
     """
 
@@ -105,6 +127,7 @@ class OpenCodeClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
             headers={"accept": "application/json"},
+            verify=shared_ssl_context(),
         )
 
     async def __aenter__(self) -> Self:
