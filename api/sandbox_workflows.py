@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from api.deps import RequestActor, SettingsDep, TemporalClient
-from api.errors import Conflict
+from api.errors import ApiError, Conflict
 from core.settings import Settings
 from domain.sandbox import Actor, SandboxRecord, SandboxWorkflowState
 from store.tables import Sandbox
@@ -40,6 +41,12 @@ async def request_transition(
         )
     except sandbox_client.IllegalTransitionError as error:
         raise Conflict(str(error), code="illegal_transition") from None
+    except (RPCError, RuntimeError):
+        # Temporal is down or unreachable (the lazy client raises RuntimeError when it cannot connect):
+        # the request was not taken, and the caller may retry; an unhandled error here was a 500.
+        raise ApiError(
+            "the workflow service is unavailable; try again shortly", status=503, code="temporal_unavailable"
+        ) from None
 
 
 class SandboxTransitions:
