@@ -5,9 +5,9 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 # Reinstall only when the dependency list changes, not on every command.
 STAMP    := $(VENV)/.installed
-PACKAGES := api activities workflows core store domain security cli integrations notify gateway worker.py tests
+PACKAGES := api activities workflows core store domain security cli integrations notify gateway chaos worker.py tests
 
-.PHONY: venv run test lint image bench openapi clean
+.PHONY: venv run test lint image bench chaos openapi clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ image:
 
 bench: venv
 	$(BIN)/python -m bench
+
+chaos: venv ## kill worker/API/Temporal/containers under user journeys; e.g. make chaos CHAOS_ARGS='--iterations 5 --seed 7'
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 openapi: venv
 	$(BIN)/agentpod openapi
