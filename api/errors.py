@@ -171,7 +171,15 @@ def install_error_handlers(app: FastAPI) -> None:
             request_id_of(request),
             exc_info=exc,
         )
-        return error_response(request, 500, "internal_error", "internal server error; quote the request id")
+        # This handler runs outside the request-id middleware (Starlette's outermost layer): set the header here.
+        request_id = request_id_of(request)
+        return error_response(
+            request,
+            500,
+            "internal_error",
+            "internal server error; quote the request id",
+            headers={"X-Request-ID": request_id} if request_id else None,
+        )
 
 
 # Documented on every router so generated clients know the error type.

@@ -12,7 +12,7 @@ from temporalio.service import RPCError
 
 from api.audit import not_audited
 from api.deps import DbSession, OwnedSandbox, TemporalClient
-from api.errors import ERROR_RESPONSES, Conflict, NotFound
+from api.errors import ERROR_RESPONSES, ApiError, Conflict, NotFound
 from domain.chat import ReconcileReport, SyncStatus
 from store.sync_state import load_sync_status
 from store.tables import ChatSession, Sandbox
@@ -43,6 +43,11 @@ async def _reconcile_now(temporal: TemporalClient, sandbox: Sandbox) -> Reconcil
         return await handle.execute_update(OpenCodeSyncWorkflow.reconcile_now, rpc_timeout=timedelta(minutes=2))
     except (RPCError, WorkflowUpdateFailedError):
         raise Conflict("the chat sync is not running for this sandbox right now", code="sync_not_running") from None
+    except RuntimeError:
+        # The lazy Temporal client could not connect at all.
+        raise ApiError(
+            "the workflow service is unavailable; try again shortly", status=503, code="temporal_unavailable"
+        ) from None
 
 
 @router.post("/sync", dependencies=[not_audited("refreshes our mirror from the agent; changes nothing the user owns")])

@@ -211,7 +211,8 @@ async def restore_preferences(
 ) -> PreferencesOut:
     """Make the values of ``version`` current again, as a new version."""
     await prefs.get_or_create(db, user.id)
-    values = await prefs.snapshot(db, user.id, version)
+    # The column is a 32-bit integer: a larger number is no kept version (and must not reach the database).
+    values = await prefs.snapshot(db, user.id, version) if version < 2**31 else None
     if values is None:
         raise NotFound(
             f"version {version} is not among the kept versions (the last {prefs.HISTORY_LIMIT})",
