@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, defer
 
 from store.base import utcnow
 from store.tables import AuthSession, ChatMessage, ChatSession, Sandbox, User
@@ -334,11 +334,18 @@ async def message_page(
     limit: int = 50,
     before: MessageKey | None = None,
     after: MessageKey | None = None,
+    with_content: bool = True,
 ) -> MessagePage:
-    """A page of a session's messages: after ``after``, before ``before``, or else the newest ones."""
+    """A page of a session's messages: after ``after``, before ``before``, or else the newest ones.
+
+    ``with_content=False`` leaves out the raw upstream parts (the largest column, JSON to decode):
+    reading ``content`` on the returned rows then raises instead of loading it.
+    """
     if before is not None and after is not None:
         raise ValueError("before and after are exclusive")
     base = select(ChatMessage).where(ChatMessage.session_id == session_id)
+    if not with_content:
+        base = base.options(defer(ChatMessage.content, raiseload=True))
     if after is not None:
         rows = list(
             (await db.scalars(base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1))).all()

@@ -221,7 +221,7 @@ async def list_sessions(
 @router.get("/sessions/{session_id}")
 async def get_session(session: OwnedChatSession, db: DbSession, include_raw: bool = False) -> ChatSessionDetail:
     """One session with its newest messages (oldest first) and its subagent sessions."""
-    page = await chat.message_page(db, session.id, limit=DETAIL_MESSAGES)
+    page = await chat.message_page(db, session.id, limit=DETAIL_MESSAGES, with_content=include_raw)
     children = await chat.children_of(db, session)
     counts = await chat.child_counts(db, [session.id, *(child.id for child in children)])
     return ChatSessionDetail(
@@ -249,7 +249,9 @@ async def list_messages(
         after_key = MessageKey.decode(after) if after else None
     except InvalidCursor as error:
         raise _invalid_cursor(error, "before" if before else "after") from None
-    page = await chat.message_page(db, session.id, limit=limit, before=before_key, after=after_key)
+    page = await chat.message_page(
+        db, session.id, limit=limit, before=before_key, after=after_key, with_content=include_raw
+    )
     return ChatMessagePage(
         has_older=page.has_older, has_newer=page.has_newer, **_page(page, include_raw, before or after)
     )
