@@ -28,6 +28,7 @@ class MonkeySettings:
     max_gap: float = 16.0
     min_down: float = 0.5
     max_down: float = 4.0
+    max_strikes: int = 2  # per iteration: bounds how long an iteration can be dragged out
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TARGETS, 1.0))
 
 
@@ -54,13 +55,14 @@ class Monkey:
         self.events.append({"t": round(time.monotonic() - self._began, 1), "target": target, "detail": detail})
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Strike at random gaps until ``stop`` is set; a restart in progress is finished first."""
+        """Strike at random gaps (at most ``max_strikes`` times) until ``stop`` is set; a restart in
+        progress is finished first."""
         s = self.settings
         targets = [t for t in TARGETS if s.weights.get(t, 0) > 0]
         if not targets:
             return
         weights = [s.weights[t] for t in targets]
-        while True:
+        for _ in range(s.max_strikes):
             gap = self.rng.uniform(s.min_gap, s.max_gap)
             # Drawn before waiting, so the sequence of choices depends on the seed alone.
             target = self.rng.choices(targets, weights)[0]

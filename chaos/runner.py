@@ -16,6 +16,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deletion-timeout", type=float, default=300.0)
     p.add_argument("--min-gap", type=float, default=4.0, help="shortest pause between two strikes (s)")
     p.add_argument("--max-gap", type=float, default=16.0, help="longest pause between two strikes (s)")
+    p.add_argument("--strikes", type=int, default=2, help="most strikes per iteration")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {', '.join(TARGETS)}, or none")
     p.add_argument("--image", default="agentpod-sandbox:dev")
     p.add_argument("--keep", action="store_true", help="keep the run's temporary directory (logs, databases)")
@@ -141,6 +143,7 @@ class Run:
         self.monkey_settings = MonkeySettings(
             min_gap=args.min_gap,
             max_gap=args.max_gap,
+            max_strikes=args.strikes,
             weights={t: (1.0 if t in targets else 0.0) for t in TARGETS},
         )
 
@@ -212,7 +215,9 @@ class Run:
             for number in range(1, args.iterations + 1):
                 pending = await self.iteration(number, stack, checker, docker_client, pending)
             self.final = await self.drain(stack, checker, pending)
-        except (Exception, KeyboardInterrupt) as error:  # the report is still written
+        except asyncio.CancelledError:  # Ctrl-C / SIGTERM: stop, clean up, still write the report
+            crashed = "interrupted"
+        except Exception as error:  # the report is still written
             crashed = f"{type(error).__name__}: {error}"
             console.print_exception()
         finally:
@@ -430,6 +435,15 @@ class Run:
             console.print(f"[red]the run crashed: {report['crashed']}[/]")
 
 
+async def _main(args: argparse.Namespace) -> int:
+    # Ctrl-C or SIGTERM cancels the run; execute() then stops the stack and removes its containers.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    return await Run(args).execute()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return asyncio.run(Run(args).execute())
+    return asyncio.run(_main(parse_args(argv)))
