@@ -57,11 +57,12 @@ def p50(samples: Sequence[float]) -> float:
 
 
 def fmt(value: float | None, unit: str) -> str:
-    """A figure for the table: milliseconds without decimals, anything else with up to three digits."""
+    """A figure for the table: milliseconds without decimals (one below 100 ms, so a figure next to a
+    20 ms target is not rounded onto it), anything else with up to three digits."""
     if value is None:
         return "-"
     if unit == "ms":
-        return f"{value:,.0f} ms"
+        return f"{value:,.1f} ms" if abs(value) < 100 else f"{value:,.0f} ms"
     if unit == "%":
         return f"{value:+.1f} %"
     return f"{value:.3g} {unit}".strip()

@@ -39,11 +39,12 @@ def discover(filters: list[str]) -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on (the load average is read again at the end of the run)."""
     return {
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "load_average": list(os.getloadavg()),
     }
 
 
@@ -74,12 +75,19 @@ def render(results: dict[str, list[Result]], errors: dict[str, str]) -> Table:
     return table
 
 
-def write_report(results: dict[str, list[Result]], errors: dict[str, str], seconds: dict[str, float]) -> Path:
-    """``bench/results/latest.json``: machine, then per benchmark its rows, duration and any crash."""
+def write_report(
+    results: dict[str, list[Result]],
+    errors: dict[str, str],
+    seconds: dict[str, float],
+    started: dict[str, Any] | None = None,
+) -> Path:
+    """``bench/results/latest.json``: machine (at the start and the end), then per benchmark its rows,
+    duration and any crash."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     report = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "machine_at_start": started,
         "benchmarks": {
             name: {
                 "seconds": round(seconds.get(name, 0.0), 1),
@@ -101,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         console.print(f"[red]no benchmark matches {filters}[/red]; available: {', '.join(discover([]))}")
         return 2
-    console.print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    started = machine()
+    console.print(
+        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+        f"load average {started['load_average'][0]:.2f}"
+    )
     results: dict[str, list[Result]] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -119,6 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = time.perf_counter() - began
     console.rule()
     console.print(render(results, errors))
-    path = write_report(results, errors, seconds)
+    path = write_report(results, errors, seconds, started)
     console.print(f"report: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return 1 if errors else 0
