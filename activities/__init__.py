@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.account import AccountActivities
+from activities.acp_sync import AcpSyncActivities
 from activities.activity_log import ActivityLogActivities
 from activities.archival import ArchivalActivities
 from activities.docker import DockerActivities
@@ -25,6 +26,7 @@ def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
         *SandboxActivities(resources).all(),
         *DockerActivities(resources).all(),
         *OpenCodeSyncActivities(resources).all(),
+        *AcpSyncActivities(resources).all(),
         *ArchivalActivities(resources).all(),
         *AccountActivities(resources).all(),
     ]

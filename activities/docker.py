@@ -31,6 +31,7 @@ from integrations.docker_engine import (
     DockerEngineError,
     ImageMissing,
 )
+from security.gateway_secret import gateway_secret
 
 T = TypeVar("T")
 
@@ -85,6 +86,7 @@ class DockerActivities:
         self._docker_host = resources.settings.docker_host
         self._base_config = resources.settings.agent_base_config
         self._secrets = resources.secrets
+        self._resources = resources
         self._engine: DockerEngine | None = None
 
     @property
@@ -148,7 +150,8 @@ class DockerActivities:
 
     @activity.defn(name="docker_deliver_agent_config")
     async def docker_deliver_agent_config(self, data: DeliverConfigInput) -> None:
-        """Write the agent's OpenCode config (keys included) into the container's tmpfs, then `ready`.
+        """Write the agent's OpenCode config (keys included) and the ACP gateway's secret into the
+        container's tmpfs, then `ready`.
 
         Secrets are fetched and written inside this one activity so they never pass through Temporal
         history, container env or labels. The entrypoint starts OpenCode once `ready` exists.
@@ -159,6 +162,8 @@ class DockerActivities:
             await self._call(
                 self.engine.write_secret_file, data.sandbox_id, "opencode.json", json.dumps(config).encode()
             )
+        secret = gateway_secret(self._resources.keys(), data.sandbox_id)
+        await self._call(self.engine.write_secret_file, data.sandbox_id, "gateway-secret", secret.encode())
         await self._call(self.engine.write_secret_file, data.sandbox_id, "ready", b"")
 
     @activity.defn(name="wait_opencode_healthy")

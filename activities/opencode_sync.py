@@ -34,8 +34,10 @@ from domain.chat import (
 from integrations.opencode.client import OpenCodeClient, OpenCodeError
 from integrations.opencode.mirror import OpenCodeMirror
 from store.sync_state import save_sync_status
-from workflows.ids import sandbox_sync_workflow_id
+from workflows.acp_sync import AcpSyncWorkflow
+from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
+from workflows.stream_sync import StreamSyncWorkflow
 
 HEARTBEAT_SECONDS = 5.0
 FLUSH_TICK_SECONDS = 0.1
@@ -202,24 +204,37 @@ class OpenCodeSyncActivities:
 
     @activity.defn(name="sync_ensure_started")
     async def ensure_sync(self, target: SyncTarget) -> None:
-        """Start the sandbox's sync workflow, or point the running one at ``target`` (signal-with-start)."""
-        await self._client().start_workflow(
-            OpenCodeSyncWorkflow.run,
-            SyncWorkflowInput(target=target),
-            id=sandbox_sync_workflow_id(target.sandbox_id),
-            task_queue=activity.info().task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="retarget",
-            start_signal_args=[target],
-            static_summary=f"Chat sync of sandbox {target.sandbox_id}",
-        )
+        """Start the sandbox's chat mirrors (OpenCode, and ACP when the sandbox runs a gateway), or point
+        the running ones at ``target`` (signal-with-start)."""
+        mirrors: list[tuple[type[StreamSyncWorkflow], str, str]] = [
+            (OpenCodeSyncWorkflow, sandbox_sync_workflow_id(target.sandbox_id), "Chat sync"),
+        ]
+        if target.acp_url:
+            mirrors.append((AcpSyncWorkflow, acp_sync_workflow_id(target.sandbox_id), "ACP chat sync"))
+        for workflow_class, workflow_id, label in mirrors:
+            await self._client().start_workflow(
+                workflow_class.__name__,
+                SyncWorkflowInput(target=target),
+                id=workflow_id,
+                task_queue=activity.info().task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                start_signal="retarget",
+                start_signal_args=[target],
+                static_summary=f"{label} of sandbox {target.sandbox_id}",
+            )
 
     @activity.defn(name="sync_finish")
     async def finish_sync(self, sandbox_id: str) -> ReconcileReport | None:
-        """Finish the sandbox's sync with a last reconcile; nothing to do if it is not running."""
-        handle = self._client().get_workflow_handle_for(OpenCodeSyncWorkflow.run, sandbox_sync_workflow_id(sandbox_id))
+        """Finish the sandbox's chat mirrors with a last reconcile each (the OpenCode one's report is returned)."""
+        reports = await asyncio.gather(
+            self._finish(sandbox_sync_workflow_id(sandbox_id)), self._finish(acp_sync_workflow_id(sandbox_id))
+        )
+        return reports[0]
+
+    async def _finish(self, workflow_id: str) -> ReconcileReport | None:
+        handle = self._client().get_workflow_handle(workflow_id)
         try:
-            return await handle.execute_update(OpenCodeSyncWorkflow.finish, rpc_timeout=timedelta(minutes=3))
+            return await handle.execute_update(StreamSyncWorkflow.finish, rpc_timeout=timedelta(minutes=3))
         except (RPCError, WorkflowUpdateFailedError) as error:
-            activity.logger.info("no running sync to finish for %s: %s", sandbox_id, error)
+            activity.logger.info("no running %s to finish: %s", workflow_id, error)
             return None

@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from domain.secrets import NoSecrets, SecretsProvider
+from security.keyring import Keyring, load_keyring
 
 
 @dataclass
@@ -19,3 +20,10 @@ class WorkerResources:
     sessions: async_sessionmaker[AsyncSession]
     temporal: Client | None = None
     secrets: SecretsProvider = field(default_factory=NoSecrets)
+    keyring: Keyring | None = None
+
+    def keys(self) -> Keyring:
+        """The keyring (loaded from settings on first use when none was given)."""
+        if self.keyring is None:
+            self.keyring = load_keyring(self.settings)
+        return self.keyring

@@ -39,6 +39,7 @@ def sandbox_endpoints(settings: Settings, spec: ContainerSpec, state: ContainerS
 
     addon_url = {addon: url(port, f"-{addon.split('-')[0]}") for addon, port in spec.addon_ports.items()}
     opencode_port = state.host_ports.get(OPENCODE_PORT)
+    acp_port = state.host_ports.get(ACP_GATEWAY_PORT)
     if opencode_port is None:
         raise ApplicationError("container has no published OpenCode port", non_retryable=True)
     return SandboxEndpoints(
@@ -49,6 +50,7 @@ def sandbox_endpoints(settings: Settings, spec: ContainerSpec, state: ContainerS
             vnc_url=addon_url.get("vnc"),
         ),
         internal_opencode_url=f"http://127.0.0.1:{opencode_port}",
+        internal_acp_url=f"http://127.0.0.1:{acp_port}" if acp_port else None,
     )
 
 
@@ -115,6 +117,7 @@ class SandboxActivities:
                 container_id=data.container_id,
                 urls=data.urls,
                 internal_opencode_url=data.internal_opencode_url,
+                internal_acp_url=data.internal_acp_url,
             )
             await db.commit()
         return found

@@ -39,6 +39,7 @@ class SyncTarget(BaseModel):
     sandbox_id: str
     user_id: str
     opencode_url: str
+    acp_url: str | None = None  # the ACP gateway, followed by its own sync workflow
 
 
 class StreamSegmentInput(BaseModel):

@@ -108,6 +108,7 @@ class SandboxWorkflowState(BaseModel):
     container_id: str | None = None
     urls: SandboxUrls = Field(default_factory=SandboxUrls)
     internal_opencode_url: str | None = None  # where the control plane reaches OpenCode
+    internal_acp_url: str | None = None  # ... and the ACP gateway
     # The operation being carried out right now (None when idle), for conflict checks.
     in_progress: DesiredState | None = None
     repairs: int = 0  # containers recreated or restarted after drifting
@@ -133,13 +134,15 @@ class SetStatusInput(BaseModel):
     container_id: str | None = None
     urls: SandboxUrls | None = None
     internal_opencode_url: str | None = None
+    internal_acp_url: str | None = None
 
 
 class SandboxEndpoints(BaseModel):
-    """Where users reach a sandbox (public URLs) and where the control plane reaches OpenCode."""
+    """Where users reach a sandbox (public URLs) and where the control plane reaches OpenCode and the gateway."""
 
     urls: SandboxUrls
     internal_opencode_url: str
+    internal_acp_url: str | None = None  # None: the image runs no ACP gateway (port not published)
 
 
 class PushCredentialsInput(BaseModel):

@@ -121,6 +121,11 @@ def mac(keyring: Keyring, purpose: str, message: str) -> str:
     return _mac(keyring.primary[1], purpose, message)
 
 
+def macs(keyring: Keyring, purpose: str, message: str) -> list[str]:
+    """:func:`mac` with every key of the keyring, the primary first (what a holder of an older tag may have)."""
+    return [_mac(key, purpose, message) for _, key in keyring.keys]
+
+
 def mac_matches(keyring: Keyring, purpose: str, message: str, tag: str) -> bool:
     """Whether ``tag`` was made by :func:`mac` with any key of the keyring (survives rotation)."""
     return any(hmac.compare_digest(_mac(key, purpose, message), tag) for _, key in keyring.keys)

@@ -219,6 +219,20 @@ async def get_session(db: AsyncSession, sandbox: Sandbox, session_id: str) -> Ch
     )
 
 
+async def acp_session_rows(db: AsyncSession, sandbox: Sandbox, acp_session_ids: set[str]) -> list[ChatSession]:
+    """The sandbox's ACP sessions with these gateway ids (owner-scoped like :func:`get_session`)."""
+    if not acp_session_ids:
+        return []
+    rows = await db.scalars(
+        select(ChatSession).where(
+            ChatSession.sandbox_id == sandbox.id,
+            ChatSession.user_id == sandbox.user_id,
+            ChatSession.acp_session_id.in_(acp_session_ids),
+        )
+    )
+    return list(rows.all())
+
+
 async def archive_session(db: AsyncSession, session: ChatSession) -> bool:
     """Archive an active session; False when there was nothing to do (archived, or deleted upstream)."""
     if session.status != "active":

@@ -152,6 +152,7 @@ async def set_status(
     container_id: str | None = None,
     urls: SandboxUrls | None = None,
     internal_opencode_url: str | None = None,
+    internal_acp_url: str | None = None,
 ) -> bool:
     """Write the observed status (and what came with it); False when the row no longer exists."""
     values: dict[str, Any] = {"status": status.value, "error_message": error_message, "updated_at": utcnow()}
@@ -161,6 +162,8 @@ async def set_status(
         values.update(urls.model_dump())
     if internal_opencode_url is not None:
         values["opencode_internal_url"] = internal_opencode_url
+    if internal_acp_url is not None:
+        values["acp_internal_url"] = internal_acp_url
     result = await db.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(**values))
     return bool(getattr(result, "rowcount", 0))
 

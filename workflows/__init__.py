@@ -7,8 +7,15 @@
 from __future__ import annotations
 
 from workflows.account_deletion import AccountDeletionWorkflow
+from workflows.acp_sync import AcpSyncWorkflow
 from workflows.archival import ArchivalWorkflow
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 from workflows.sandbox import SandboxWorkflow
 
-ALL_WORKFLOWS: list[type] = [SandboxWorkflow, OpenCodeSyncWorkflow, ArchivalWorkflow, AccountDeletionWorkflow]
+ALL_WORKFLOWS: list[type] = [
+    SandboxWorkflow,
+    OpenCodeSyncWorkflow,
+    AcpSyncWorkflow,
+    ArchivalWorkflow,
+    AccountDeletionWorkflow,
+]

@@ -252,11 +252,15 @@ class SandboxWorkflow:
         self.state.container_id = container.container_id
         self.state.urls = endpoints.urls
         self.state.internal_opencode_url = endpoints.internal_opencode_url
+        self.state.internal_acp_url = endpoints.internal_acp_url
         await self._set_status(SandboxStatus.RUNNING)
         # The chat mirror follows the (possibly new) OpenCode address; started right after the caller has
         # its answer, so the user does not wait for it.
         self._pending_sync = SyncTarget(
-            sandbox_id=sandbox_id, user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url
+            sandbox_id=sandbox_id,
+            user_id=self.state.user_id,
+            opencode_url=endpoints.internal_opencode_url,
+            acp_url=endpoints.internal_acp_url,
         )
         return True
 
@@ -344,6 +348,7 @@ class SandboxWorkflow:
             container_id=self.state.container_id if running else None,
             urls=self.state.urls if running else None,
             internal_opencode_url=self.state.internal_opencode_url if running else None,
+            internal_acp_url=self.state.internal_acp_url if running else None,
         )
         await _call("sandbox_set_status", write, profile=_DB, result_type=bool)
         self.state.status = status

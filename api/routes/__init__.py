@@ -2,6 +2,7 @@
 
 from api.routes import (
     account,
+    acp,
     activity,
     auth,
     catalog,
@@ -23,6 +24,7 @@ ROUTERS = [
     sandboxes.router,
     chat.router,
     chat_sync.router,
+    acp.router,
     preferences.router,
     activity.router,
     providers.router,

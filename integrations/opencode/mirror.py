@@ -52,6 +52,7 @@ from integrations.opencode.mapping import (
     stored_info_parts,
 )
 from integrations.opencode.protocol import OpenCodeApi
+from store.acp_sync import acp_session_ids
 from store.base import utcnow
 from store.chat_sync import (
     MessageRow,
@@ -310,9 +311,12 @@ class OpenCodeMirror:
         report.upstream_empty = not upstream
         async with self._sessions() as db:
             ours = await list_sessions(db, self.sandbox_id)
+            # Sessions made through the ACP gateway are in OpenCode's store too; the ACP mirror owns them.
+            theirs = await acp_session_ids(db, self.sandbox_id)
+        mirrored = {key: info for key, info in upstream.items() if key not in theirs}
 
         # Parents before children, so a child's parent link finds a real row.
-        for session_id, info in sorted(upstream.items(), key=lambda kv: (dig(kv[1], "time", "created") or 0, kv[0])):
+        for session_id, info in sorted(mirrored.items(), key=lambda kv: (dig(kv[1], "time", "created") or 0, kv[0])):
             messages: list[JSON] | None
             try:
                 messages = await api.list_messages(session_id)

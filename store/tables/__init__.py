@@ -2,7 +2,7 @@
 
 from store.tables.activity import ActivityLog, ActivityLogArchive
 from store.tables.catalog import ContainerAddon, ContainerFlavor, ResourceTier
-from store.tables.chat import ChatMessage, ChatSession, ChatSyncState
+from store.tables.chat import AcpSyncState, ChatMessage, ChatSession, ChatSyncState
 from store.tables.opencode import UserOpencodeConfig, UserOpencodeFile
 from store.tables.preferences import UserPreferences
 from store.tables.preferences_history import UserPreferencesHistory
@@ -11,6 +11,7 @@ from store.tables.sandboxes import Sandbox
 from store.tables.users import AuthSession, OAuthAccount, User
 
 __all__ = [
+    "AcpSyncState",
     "ActivityLog",
     "ActivityLogArchive",
     "AuthSession",

@@ -115,3 +115,18 @@ class ChatSyncState(Base):
     sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True)
     status: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AcpSyncState(Base):
+    """Where the ACP mirror of a sandbox stands: the gateway event it committed last, and its status.
+
+    ``last_event_id`` is written in the same transaction as the rows that event produced, so a
+    resumed stream (``Last-Event-ID``) never applies an event twice nor skips one.
+    """
+
+    __tablename__ = "acp_sync_state"
+
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True)
+    last_event_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -41,6 +41,8 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     # Where the control plane itself reaches OpenCode (loopback port), whatever the public URL is.
     opencode_internal_url: Mapped[str | None] = mapped_column(String(2048))
     acp_gateway_url: Mapped[str | None] = mapped_column(String(2048))
+    # Where the control plane reaches the sandbox's ACP gateway (loopback port).
+    acp_internal_url: Mapped[str | None] = mapped_column(String(2048))
     code_server_url: Mapped[str | None] = mapped_column(String(2048))
     vnc_url: Mapped[str | None] = mapped_column(String(2048))
     last_accessed_at: Mapped[datetime | None]

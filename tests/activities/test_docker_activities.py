@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
@@ -17,14 +19,18 @@ from temporalio.testing import ActivityEnvironment
 from activities.docker import DeliverConfigInput, DockerActivities, RemoveContainerInput, WaitHealthyInput
 from activities.resources import WorkerResources
 from core.settings import Settings
-from domain.sandbox import OPENCODE_PORT
+from domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT
+from security.gateway_secret import gateway_secret
+from security.keyring import Keyring, generate_entry, parse_key
 from tests.integrations import docker_client, make_spec, new_sandbox_id, purge
 
 
 def _activities(tmp_path: Path, docker_host: str = "") -> DockerActivities:
     settings = Settings(data_dir=tmp_path, docker_host=docker_host)
+    keyring = Keyring((parse_key(generate_entry()),))  # for the ACP gateway's secret
     # These activities never touch the database: an unbound session factory is enough.
-    return DockerActivities(WorkerResources(settings=settings, sessions=async_sessionmaker(class_=AsyncSession)))
+    sessions = async_sessionmaker(class_=AsyncSession)
+    return DockerActivities(WorkerResources(settings=settings, sessions=sessions, keyring=keyring))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +78,15 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
     )
     assert time.monotonic() - began < 20
     assert await env.run(acts.docker_inspect_container, sandbox_id) == started
+
+    # The ACP gateway takes the delivered secret, and only it; the secret is nowhere in `docker inspect`.
+    secret = gateway_secret(acts._resources.keys(), sandbox_id)
+    gateway_url = f"http://127.0.0.1:{started.host_ports[ACP_GATEWAY_PORT]}"
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway:
+        wrong = await gateway.get("/agents", headers={"Authorization": "Bearer not-the-secret"})
+        right = await gateway.get("/agents", headers={"Authorization": f"Bearer {secret}"})
+    assert wrong.status_code == 401 and right.status_code == 200, right.text
+    assert secret not in json.dumps(docker_client().api.inspect_container(started.container_id))
 
     stopped = await env.run(acts.docker_stop_container, sandbox_id)
     assert stopped.exists and not stopped.running

@@ -1,0 +1,170 @@
+"""The ACP sync's I/O: follow a sandbox's ACP gateway stream and reconcile it.
+
+``acp_stream_segment`` resumes from the last event committed (``Last-Event-ID``, stored with the rows),
+applies events through :class:`integrations.acp.mirror.AcpMirror`, reconciles on every ``reset`` frame,
+and reconnects with the same jittered, capped backoff as the OpenCode sync. The gateway heartbeats
+every 15 s; a connection silent for three of those is treated as dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio import activity
+
+from activities.opencode_sync import FLUSH_TICK_SECONDS, HEALTHY_RESET_SECONDS, backoff_delay
+from activities.resources import WorkerResources
+from domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
+from integrations.acp.client import AcpGatewayClient, AcpGatewayError
+from integrations.acp.mirror import AcpMirror
+from security.gateway_secret import gateway_secrets
+from store.acp_sync import load_cursor, save_acp_status
+
+HEARTBEAT_SECONDS = 5.0
+SILENCE_LIMIT_SECONDS = 45.0
+
+
+class StreamEnded(Exception):
+    """The gateway closed the stream, or fell silent."""
+
+
+class AcpSyncActivities:
+    """Activities of the ACP sync workflow."""
+
+    def __init__(self, resources: WorkerResources) -> None:
+        self._resources = resources
+        self._sessions = resources.sessions
+
+    def all(self) -> list[Callable[..., Any]]:
+        """The activities this class provides."""
+        return [self.stream_segment, self.reconcile]
+
+    def _client(self, target: SyncTarget) -> AcpGatewayClient:
+        if not target.acp_url:
+            raise AcpGatewayError("the sandbox has no ACP gateway address")
+        return AcpGatewayClient(target.acp_url, gateway_secrets(self._resources.keys(), target.sandbox_id))
+
+    @activity.defn(name="acp_stream_segment")
+    async def stream_segment(self, data: StreamSegmentInput) -> StreamSegmentResult:
+        """Mirror gateway events for ``segment_seconds`` (reconnecting as needed), then return."""
+        target = data.target
+        status = data.status.model_copy()
+        result = StreamSegmentResult(status=status)
+        mirror = AcpMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        async with self._sessions() as db:
+            mirror.applied_event_id = mirror.committed_event_id = await load_cursor(db, target.sandbox_id)
+        lock = asyncio.Lock()  # the flusher and the event loop must not write concurrently
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + data.segment_seconds
+
+        async def flusher() -> None:
+            while True:
+                await asyncio.sleep(FLUSH_TICK_SECONDS)
+                if mirror.due():
+                    async with lock:
+                        await mirror.flush()
+
+        async def heartbeater() -> None:
+            while True:
+                activity.heartbeat(status.model_dump(mode="json"))
+                await self._save_status(target.sandbox_id, status)
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+
+        segment_task = asyncio.current_task()
+
+        async def shutdown_watcher() -> None:
+            await activity.wait_for_worker_shutdown()
+            if segment_task is not None:
+                segment_task.cancel()
+
+        background = [asyncio.create_task(job()) for job in (flusher, heartbeater, shutdown_watcher)]
+        attempt = 0
+        try:
+            while loop.time() < deadline:
+                connected_at: float | None = None
+                try:
+                    async with (
+                        self._client(target) as gateway,
+                        contextlib.aclosing(gateway.events(mirror.committed_event_id)) as events,
+                    ):
+                        while loop.time() < deadline:
+                            remaining = deadline - loop.time()
+                            try:
+                                # asyncio.timeout, not wait_for: see activities/opencode_sync.py.
+                                async with asyncio.timeout(min(SILENCE_LIMIT_SECONDS, remaining)):
+                                    event = await anext(events)
+                            except StopAsyncIteration:
+                                raise StreamEnded("the gateway closed the event stream") from None
+                            except TimeoutError:
+                                if loop.time() >= deadline:
+                                    break
+                                raise StreamEnded(f"no frame for {SILENCE_LIMIT_SECONDS:.0f} s") from None
+                            if connected_at is None:
+                                connected_at = loop.time()
+                                status.connected, status.last_error = True, None
+                                if event.event != "reset":  # a reset reconciles everything anyway
+                                    async with lock:
+                                        await mirror.repair_unfinished(gateway)
+                            if event.event == "heartbeat":
+                                if mirror.pending_rebuilds():
+                                    async with lock:
+                                        await mirror.repair_unfinished(gateway)
+                                continue
+                            async with lock:
+                                if event.event == "reset":
+                                    report = await mirror.reconcile(gateway)
+                                    await mirror.commit_cursor(event.id)
+                                    result.reconciles += 1
+                                    status.last_reconcile_at = datetime.now(UTC)
+                                    activity.logger.info("ACP reconcile of %s: %s", target.sandbox_id, report)
+                                    continue
+                                session = await mirror.feed(event)
+                                if event.event == "session_end_turn":
+                                    # The reply's final state lands at once; a rebuild waits for it.
+                                    await mirror.flush()
+                                    if session is not None and session.rebuild_after_turn:
+                                        await mirror.rebuild(gateway, str(event.data["session_id"]), ReconcileReport())
+                            result.events += 1
+                            status.events_applied += 1
+                            status.last_event_at = datetime.now(UTC)
+                            if loop.time() - connected_at > HEALTHY_RESET_SECONDS:
+                                attempt = 0
+                except (StreamEnded, AcpGatewayError, OSError) as error:
+                    status.connected = False
+                    status.last_error = f"{type(error).__name__}: {error}"[:500]
+                    status.reconnects += 1
+                    async with lock:
+                        await mirror.flush()
+                    delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
+                    attempt += 1
+                    activity.logger.info("ACP sync %s lost (%s); retry in %.1fs", target.sandbox_id, error, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # What was applied is written with its resume point, never dropped.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(mirror.flush())
+            status.connected = False
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._save_status(target.sandbox_id, status))
+        return result
+
+    @activity.defn(name="acp_reconcile")
+    async def reconcile(self, target: SyncTarget) -> ReconcileReport:
+        """One full reconcile: every gateway session rebuilt from its history."""
+        if not target.acp_url:
+            return ReconcileReport(notes=["no ACP gateway"])
+        mirror = AcpMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        async with self._client(target) as gateway:
+            return await mirror.reconcile(gateway)
+
+    async def _save_status(self, sandbox_id: str, status: SyncStatus) -> None:
+        async with self._sessions() as db:
+            await save_acp_status(db, sandbox_id, status)
+            await db.commit()
