@@ -12,7 +12,7 @@ from api.audit import running_audit_writer
 from api.client_ip import parse_networks
 from api.context import AppContext
 from api.errors import install_error_handlers
-from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.middleware import BodySizeLimitMiddleware, RejectNulMiddleware, RequestIdMiddleware
 from api.routes import ROUTERS
 from core import temporal
 from core.settings import Settings, get_settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     # Added last = outermost: the request id exists before anything else can fail.
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids and a request-body size limit.
+"""Pure-ASGI middleware: request ids, a request-body size limit, and no NUL characters in URLs.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses such as Server-Sent Events and
 exports pass through untouched.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,17 +86,35 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id")
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.max_bytes} bytes",
-                    "details": {"max_bytes": self.max_bytes},
-                    "request_id": request_id,
-                }
-            }
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body exceeds {self.max_bytes} bytes"
+        await send_error(scope, send, 413, "payload_too_large", message, {"max_bytes": self.max_bytes})
+
+
+class RejectNulMiddleware:
+    """Answer 400 for a NUL character anywhere in the path or query string, before any handler runs.
+
+    PostgreSQL text cannot hold NUL, so an id like ``%00`` reaching a query was a 500 there (and a plain
+    404 on SQLite); bodies are refused by the request schemas already.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope.get("path", "") or b"\x00" in unquote_to_bytes(scope.get("query_string", b""))
+        ):
+            await send_error(scope, send, 400, "nul_character", "the URL must not contain NUL characters")
+            return
+        await self.app(scope, receive, send)
+
+
+async def send_error(scope: Scope, send: Send, status: int, code: str, message: str, details: Any = None) -> None:
+    """Answer in the one error shape from middleware (before FastAPI's handlers exist for the request)."""
+    request_id = scope.get("state", {}).get("request_id")
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "details": details, "request_id": request_id}}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ from api.schemas.base import RequestBody, ResponseBody
 from store.opencode_config import SECRET_SECTIONS
 
 MAX_SETTINGS_BYTES = 64 * 1024
+MAX_SETTINGS_DEPTH = 32
 MAX_TEXT_CHARS = 64 * 1024
 FileType = Literal["agent", "command"]
 # A file name becomes `<name>.md` in the agent's config dir: no paths, no hidden files.
@@ -19,7 +20,21 @@ FileName = Annotated[str, StringConstraints(min_length=1, max_length=100, patter
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:  # a loop: the input may be nested far deeper than Python's recursion limit
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _valid_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    # Deeper than any real opencode.json; far deeper was stored, then failed every read (serializer limit).
+    if _too_deep(settings, MAX_SETTINGS_DEPTH):
+        raise ValueError(f"settings must nest at most {MAX_SETTINGS_DEPTH} levels deep")
     if len(json.dumps(settings, ensure_ascii=False).encode()) > MAX_SETTINGS_BYTES:
         raise ValueError(f"settings must be at most {MAX_SETTINGS_BYTES} bytes as JSON")
     mcp = settings.get("mcp", {})
