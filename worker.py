@@ -32,6 +32,9 @@ async def build_worker(settings: Settings, resources: WorkerResources) -> Worker
         task_queue=settings.temporal_task_queue,
         workflows=ALL_WORKFLOWS,
         activities=build_activities(resources),
+        # Temporal's default (100) would leave all but 50 running sandboxes unmirrored: each holds two
+        # long-running stream activities.
+        max_concurrent_activities=settings.worker_max_activities,
         # Lets running activities (e.g. a Docker start) finish before the process exits.
         graceful_shutdown_timeout=timedelta(seconds=20),
     )

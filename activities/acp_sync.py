@@ -14,10 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
-from activities.opencode_sync import FLUSH_TICK_SECONDS, HEALTHY_RESET_SECONDS, backoff_delay
+from activities.opencode_sync import DB_RETRY_SECONDS, FLUSH_TICK_SECONDS, HEALTHY_RESET_SECONDS, backoff_delay
 from activities.resources import WorkerResources
+from activities.stream_status import StatusSaver
 from domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
 from integrations.acp.client import AcpGatewayClient, AcpGatewayError
 from integrations.acp.mirror import AcpMirror
@@ -65,13 +67,20 @@ class AcpSyncActivities:
             while True:
                 await asyncio.sleep(FLUSH_TICK_SECONDS)
                 if mirror.due():
-                    async with lock:
-                        await mirror.flush()
+                    try:
+                        async with lock:
+                            await mirror.flush()
+                    except SQLAlchemyError as error:
+                        # Kept in memory and retried next tick; the resume point did not move.
+                        activity.logger.warning("ACP sync %s: flush failed (%s)", target.sandbox_id, error)
+                        await asyncio.sleep(DB_RETRY_SECONDS)
+
+        saver = StatusSaver(lambda current: self._save_status(target.sandbox_id, current))
 
         async def heartbeater() -> None:
             while True:
                 activity.heartbeat(status.model_dump(mode="json"))
-                await self._save_status(target.sandbox_id, status)
+                await saver.beat(status)
                 await asyncio.sleep(HEARTBEAT_SECONDS)
 
         segment_task = asyncio.current_task()
@@ -133,12 +142,17 @@ class AcpSyncActivities:
                             status.last_event_at = datetime.now(UTC)
                             if loop.time() - connected_at > HEALTHY_RESET_SECONDS:
                                 attempt = 0
-                except (StreamEnded, AcpGatewayError, OSError) as error:
+                except (StreamEnded, AcpGatewayError, OSError, SQLAlchemyError) as error:
                     status.connected = False
                     status.last_error = f"{type(error).__name__}: {error}"[:500]
                     status.reconnects += 1
                     async with lock:
-                        await mirror.flush()
+                        try:
+                            await mirror.flush()
+                        except SQLAlchemyError:
+                            # Chunks append, so what was applied but not committed must not survive the
+                            # reconnect, which resumes from the committed event.
+                            mirror.discard_uncommitted()
                     delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
                     attempt += 1
                     activity.logger.info("ACP sync %s lost (%s); retry in %.1fs", target.sandbox_id, error, delay)

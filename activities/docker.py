@@ -39,6 +39,7 @@ HEARTBEAT_SECONDS = 1.0
 HEALTH_POLL_SECONDS = 0.25
 # Longest a single health request may take; later probes run meanwhile (see wait_opencode_healthy).
 HEALTH_REQUEST_TIMEOUT = 5.0
+CONTAINER_CHECK_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 10
 
 
@@ -70,6 +71,8 @@ class WaitHealthyInput(BaseModel):
 
     base_url: str
     timeout_seconds: float = Field(60.0, gt=0)
+    # When set, the container is watched too: one that exited fails the wait at once, not at the timeout.
+    sandbox_id: str | None = None
 
 
 def _forget_result(task: asyncio.Future[Any]) -> None:
@@ -179,6 +182,7 @@ class DockerActivities:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + data.timeout_seconds
         next_probe = loop.time()
+        next_container_check = loop.time() + CONTAINER_CHECK_SECONDS
         last = "no answer yet"
         probes: set[asyncio.Task[tuple[bool, str]]] = set()
         # trust_env=False: a proxy from the environment must not sit between us and a sandbox.
@@ -191,6 +195,9 @@ class DockerActivities:
                             f"OpenCode at {url} not healthy after {data.timeout_seconds:g} s ({last})",
                             type="OpenCodeUnhealthy",
                         )
+                    if data.sandbox_id and now >= next_container_check:
+                        next_container_check = now + CONTAINER_CHECK_SECONDS
+                        await self._fail_if_exited(data.sandbox_id, last)
                     if now >= next_probe:
                         activity.heartbeat(last)
                         probes.add(asyncio.create_task(_probe_health(client, url)))
@@ -208,6 +215,18 @@ class DockerActivities:
                 for probe in probes:
                     probe.cancel()
                 await asyncio.gather(*probes, return_exceptions=True)
+
+
+    async def _fail_if_exited(self, sandbox_id: str, last: str) -> None:
+        """A container that stopped (killed, crashed) will never turn healthy: say so now."""
+        state = await self._call(self.engine.inspect, sandbox_id)
+        if not state.running:
+            raise ApplicationError(
+                f"the container {'exited' if state.exists else 'is gone'} before OpenCode was healthy "
+                f"(status {state.docker_status or 'none'}; last probe: {last})",
+                type="ContainerExited",
+                non_retryable=True,
+            )
 
 
 async def _probe_health(client: httpx.AsyncClient, url: str) -> tuple[bool, str]:

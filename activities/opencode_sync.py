@@ -17,12 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.resources import WorkerResources
+from activities.stream_status import StatusSaver
 from domain.chat import (
     ReconcileReport,
     StreamSegmentInput,
@@ -51,6 +53,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 # A connection must stay healthy this long before the backoff resets (no hammering a flapping server).
 HEALTHY_RESET_SECONDS = 30.0
+DB_RETRY_SECONDS = 1.0
 
 
 class StreamEnded(Exception):
@@ -91,13 +94,20 @@ class OpenCodeSyncActivities:
         async def flusher() -> None:
             while True:
                 await asyncio.sleep(FLUSH_TICK_SECONDS)
-                async with lock:
-                    await mirror.flush_due()
+                try:
+                    async with lock:
+                        await mirror.flush_due()
+                except SQLAlchemyError as error:
+                    # The database is busy or away: the batch stays buffered and is retried next tick.
+                    activity.logger.warning("sync %s: flush failed (%s); retrying", target.sandbox_id, error)
+                    await asyncio.sleep(DB_RETRY_SECONDS)
+
+        saver = StatusSaver(lambda current: self._save_status(target.sandbox_id, current))
 
         async def heartbeater() -> None:
             while True:
                 activity.heartbeat(status.model_dump(mode="json"))
-                await self._save_status(target.sandbox_id, status)
+                await saver.beat(status)
                 await asyncio.sleep(HEARTBEAT_SECONDS)
 
         segment_task = asyncio.current_task()
@@ -158,12 +168,15 @@ class OpenCodeSyncActivities:
                             status.last_event_at = datetime.now(UTC)
                             if connected_at is not None and loop.time() - connected_at > HEALTHY_RESET_SECONDS:
                                 attempt = 0
-                except (StreamEnded, OpenCodeError, httpx.HTTPError, OSError) as error:
+                except (StreamEnded, OpenCodeError, httpx.HTTPError, OSError, SQLAlchemyError) as error:
+                    # A database error too: reconnecting reconciles, and unwritten batches stay buffered,
+                    # where failing the activity would drop the stream and reconcile all the same.
                     status.connected = False
                     status.last_error = f"{type(error).__name__}: {error}"[:500]
                     status.reconnects += 1
-                    async with lock:
-                        await mirror.flush()
+                    with contextlib.suppress(SQLAlchemyError):
+                        async with lock:
+                            await mirror.flush()
                     delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
                     attempt += 1
                     activity.logger.info("sync %s disconnected (%s); retry in %.1fs", target.sandbox_id, error, delay)

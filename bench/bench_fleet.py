@@ -3,8 +3,8 @@
 Stands up, each as its own process: a Temporal dev server (in memory, free ports), a simulated
 OpenCode fleet (``bench/_fleet_sim.py``: one asyncio process serving every sandbox's ``/event``
 stream and the REST calls the reconcile makes, under ``/sb/<i>``), and the project's worker
-(``worker.run_worker``, through ``bench/_fleet_worker.py``, which only raises the activity slots:
-the stock worker streams at most 100 sandboxes, which the last phase demonstrates). The database is
+(``agentpod worker`` with ``AGENTPOD_WORKER_MAX_ACTIVITIES`` sized to the fleet; the last phase
+checks that the stock settings hold the whole fleet too). The database is
 a SQLite file in a temporary directory (``AGENTPOD_BENCH_FLEET_DB=postgresql`` uses a scratch
 database next to ``AGENTPOD_TEST_POSTGRES_URL`` instead). One user and ``SANDBOXES`` sandbox rows
 are seeded; the benchmark starts one ``OpenCodeSyncWorkflow`` per sandbox (ids from
@@ -61,6 +61,7 @@ from bench._fleet_sim import EVENTS_PER_TURN
 from bench._result import Result, console
 from bench._stack import SEARCH_ATTRIBUTES, temporal_binary
 from bench.bench_sync import _drop_postgres, _scratch_postgres
+from core.settings import Settings
 from domain.chat import SyncTarget, SyncWorkflowInput
 from store.engine import create_engine, session_factory
 from store.migrate import upgrade_database
@@ -86,7 +87,8 @@ DRAIN_LIMIT_SECONDS = 90.0  # after the traffic stops, how long to wait for the 
 STOCK_HOLD_SECONDS = 40.0
 HEARTBEAT_SECONDS = 10.0  # OpenCode's server.heartbeat interval
 POLL_SECONDS = 0.05
-STOCK_ACTIVITY_SLOTS = 100  # temporalio's default max_concurrent_activities
+# Sandboxes one stock worker mirrors: each holds two long-running activities (OpenCode and ACP streams).
+STOCK_ACTIVITY_SLOTS = Settings().worker_max_activities // 2
 PROJECTION = 10_000
 CPU_BUDGET = 70.0  # % of one core a worker's event loop may use before lag grows (planning figure)
 SEGMENT_SECONDS = SyncWorkflowInput.model_fields["segment_seconds"].default
@@ -546,8 +548,8 @@ async def run_fleet(tmp: Path, database_url: str) -> list[Result]:
             "AGENTPOD_TEMPORAL_ADDRESS": address,
             "AGENTPOD_TEMPORAL_TASK_QUEUE": queue,
         }
-        slots = SANDBOXES + 50
-        worker = await start_worker(tmp, "worker", [sys.executable, "-m", "bench._fleet_worker", str(slots)], env)
+        sized = {**env, "AGENTPOD_WORKER_MAX_ACTIVITIES": str(SANDBOXES + 50)}
+        worker = await start_worker(tmp, "worker", [sys.executable, "-m", "cli", "worker"], sized)
         children.append(worker)
         assert worker.proc.pid is not None and sim.proc.pid is not None and temporal.proc.pid is not None
         monitor.watch("worker", worker.proc.pid)
@@ -707,7 +709,7 @@ def report(
         f"{workers} × {rss_busy:.0f} MB ≈ {projection['memory_gb']:.1f} GB, "
         f"{workers} × {(cpu_busy + n * segment_cpu_pct) / 100:.2f} cores ≈ {projection['cpu_cores_busy']:.1f} cores "
         f"busy ({projection['cpu_cores_idle']:.1f} idle); CPU-bound at {CPU_BUDGET:.0f} % of a core: "
-        f"≤ {per_worker_cpu_limit:,.0f} busy loops per worker; stock worker (100 activity slots): "
+        f"≤ {per_worker_cpu_limit:,.0f} busy loops per worker; stock worker ({STOCK_ACTIVITY_SLOTS} sandboxes): "
         f"{projection['stock_worker_workers']} workers"
     )
     return [

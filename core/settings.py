@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field("default", description="Temporal namespace.")
     temporal_task_queue: str = Field("agentpod", description="Task queue the worker polls.")
     temporal_ui_port: int = Field(8233, description="Port of the Temporal Web UI started by `agentpod dev`.")
+    worker_max_activities: int = Field(
+        2000,
+        ge=10,
+        description="Activities one worker runs at once. Every running sandbox holds two for as long as it "
+        "runs (its OpenCode and ACP chat streams), so this caps the sandboxes a worker mirrors (about half).",
+    )
 
     encryption_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

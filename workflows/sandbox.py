@@ -242,7 +242,11 @@ class SandboxWorkflow:
             delivery = {"sandbox_id": sandbox_id, "user_id": self.state.user_id}
             await _call("docker_deliver_agent_config", delivery, profile=_DOCKER, result_type=type(None))
             endpoints = await _call("sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints)
-            health = {"base_url": endpoints.internal_opencode_url, "timeout_seconds": HEALTH_TIMEOUT_SECONDS}
+            health = {
+                "base_url": endpoints.internal_opencode_url,
+                "timeout_seconds": HEALTH_TIMEOUT_SECONDS,
+                "sandbox_id": sandbox_id,
+            }
             await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))
             credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url)
             await _call("sandbox_push_agent_credentials", credentials, profile=_DB, result_type=int)

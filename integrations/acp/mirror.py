@@ -289,6 +289,13 @@ class AcpMirror:
         for key in [k for k in session.conversation.drafts if k not in keep]:
             del session.conversation.drafts[key]
 
+    def discard_uncommitted(self) -> None:
+        """Forget everything applied since the last commit (the stream resumes from the committed event)."""
+        self._sessions.clear()
+        self._pending = _Pending()
+        self._dirty_since = None
+        self.applied_event_id = self.committed_event_id
+
     async def commit_cursor(self, event_id: str | None) -> None:
         """Move the resume point (after a reconcile made replay unnecessary)."""
         self.applied_event_id = event_id

@@ -40,6 +40,7 @@ from integrations.opencode.coalescer import (
     Operation,
     PartRemoved,
     SessionChange,
+    SessionSignal,
 )
 from integrations.opencode.mapping import (
     content_values,
@@ -253,8 +254,8 @@ class OpenCodeMirror:
 
     async def _write(self, ops: Sequence[Operation]) -> int:
         """Apply operations in one transaction; the number of rows written."""
-        if not ops:
-            return 0
+        if all(isinstance(op, SessionSignal) for op in ops):
+            return 0  # live state only (idle, status): nothing to write, so no transaction either
         async with self._sessions() as db:
             await lock_sandbox_chats(db, self.sandbox_id)
             writer = _BatchWriter(db, sandbox_id=self.sandbox_id, user_id=self.user_id, now=self._now())

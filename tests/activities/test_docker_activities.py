@@ -112,6 +112,30 @@ async def test_missing_image_and_missing_container_are_not_retryable(tmp_path: P
     assert gone_error.value.type == "ContainerGone" and gone_error.value.non_retryable
 
 
+@pytest.mark.docker
+async def test_a_container_that_dies_while_starting_fails_the_health_wait_at_once(
+    tmp_path: Path, sandbox_id: str
+) -> None:
+    acts = _activities(tmp_path)
+    env = ActivityEnvironment()
+    await env.run(acts.docker_ensure_container, make_spec(sandbox_id))
+    started = await env.run(acts.docker_start_container, sandbox_id)
+    # Killed before `ready`: OpenCode never starts, and the container is gone for good.
+    docker_client().containers.get(started.container_id).kill()
+    began = time.monotonic()
+    with pytest.raises(ApplicationError) as error:
+        await env.run(
+            acts.wait_opencode_healthy,
+            WaitHealthyInput(
+                base_url=f"http://127.0.0.1:{started.host_ports[OPENCODE_PORT]}",
+                timeout_seconds=60,
+                sandbox_id=sandbox_id,
+            ),
+        )
+    assert error.value.type == "ContainerExited" and error.value.non_retryable
+    assert time.monotonic() - began < 10  # noticed within seconds, not at the 60 s timeout
+
+
 async def test_docker_down_is_retryable(tmp_path: Path) -> None:
     acts = _activities(tmp_path, docker_host=f"unix:///tmp/no-docker-{uuid.uuid4().hex}.sock")
     with pytest.raises(ApplicationError) as error:
