@@ -12,9 +12,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, Table, case, delete, func, or_, select, update
+from sqlalchemy import Select, Table, case, delete, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
+from store.archival import scrub_metadata_sql
 from store.base import Base, utcnow
 from store.tables import (
     ActivityLog,
@@ -77,8 +79,11 @@ async def unlock(db: AsyncSession, user_id: str) -> None:
 
 
 async def anonymize_activity(db: AsyncSession, user_id: str) -> int:
-    """Detach the user's activity rows from them: no user id, IP or user agent, and no entity id that
-    is the user's own (sign-in rows name the user as their entity). Returns how many rows changed."""
+    """Detach the user's activity rows from them: no user id, IP or user agent, no entity id that is the
+    user's own (sign-in rows name the user as their entity), and metadata cut down to what the archive
+    keeps (a sandbox's name or a session title is the user's data). Returns how many rows changed."""
+    dialect = (await db.connection()).dialect.name
+    metadata: ColumnElement[Any] = literal_column(scrub_metadata_sql(dialect, f"{ActivityLog.__tablename__}.metadata"))
     result = await db.execute(
         update(ActivityLog)
         .where(or_(ActivityLog.user_id == user_id, ActivityLog.entity_id == user_id))
@@ -88,6 +93,7 @@ async def anonymize_activity(db: AsyncSession, user_id: str) -> int:
             ip_address=None,
             user_agent=None,
             entity_id=case((ActivityLog.entity_id == user_id, None), else_=ActivityLog.entity_id),
+            metadata_=metadata,
         )
         .execution_options(synchronize_session=False)
     )

@@ -146,6 +146,11 @@ def _pg_scrub(column: str) -> str:
         ELSE '{{}}'::jsonb END)"""
 
 
+def scrub_metadata_sql(dialect: str, column: str) -> str:
+    """:func:`scrub_metadata` as a SQL expression over ``column`` (a JSON column) for ``dialect``."""
+    return _pg_scrub(column) if dialect == "postgresql" else _sqlite_scrub(column)
+
+
 # ------------------------------------------------------------------ the batch
 
 

@@ -205,6 +205,10 @@ async def test_the_deletion_steps_in_the_database_are_idempotent(
         assert await account.lock(db, user_id) == 0
         assert await account.anonymize_activity(db, user_id) >= 4
         assert await account.anonymize_activity(db, user_id) == 0
+        await db.flush()
+        # Nothing the user typed survives in the trail (the sandbox's name was in sandbox.create's metadata).
+        kept = (await db.scalars(select(ActivityLog.metadata_).where(ActivityLog.anonymized.is_(True)))).all()
+        assert kept and filled["sandbox"]["name"] not in json.dumps(list(kept))
         assert not await account.delete_user(db, user_id)  # a sandbox row is still there
         await db.commit()
     assert_error(await client.get("/api/account", headers=filled["headers"]), 401)
