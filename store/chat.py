@@ -69,9 +69,19 @@ def _decode(kind: str, cursor: str) -> dict[str, Any]:
 
 def _text(data: dict[str, Any], field: str) -> str:
     value = data.get(field)
-    if not isinstance(value, str) or not value or len(value) > 256:
+    if not isinstance(value, str) or not value or len(value) > 256 or not _storable(value):
         raise InvalidCursor("malformed cursor")
     return value
+
+
+def _storable(value: str) -> bool:
+    # A forged cursor may carry NUL or a lone surrogate (JSON "\\u0000", "\\ud800"): neither can be sent
+    # to the database (PostgreSQL refused the query: that was a 500).
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 # --- Sort-key helpers (NULL-aware keyset conditions, identical SQL on both databases) -----------------

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from api.schemas.base import ResponseBody
 from store.activity_queries import ActivityFilter, Position
@@ -23,11 +23,24 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _representable_in_utc(value: datetime | None) -> datetime | None:
+    # 0001-01-01T00:00+01:00 is a valid timestamp whose UTC time is before year 1: a 500 in the query.
+    if value is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time is outside the range of UTC dates") from None
+    return value
+
+
+When = Annotated[AwareDatetime | None, AfterValidator(_representable_in_utc)]
+
+
 class Window(_Query):
     """A time window: ``since`` inclusive, ``until`` exclusive, both with a time zone."""
 
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: When = None
+    until: When = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -116,8 +129,9 @@ def decode_cursor(cursor: str | None) -> Position | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, row_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        created_at.astimezone(UTC)  # an offset can push year 1 out of range: that is no cursor of ours
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise InvalidCursor("invalid cursor") from None
-    if created_at.tzinfo is None or not row_id or len(row_id) > 36:
+    if created_at.tzinfo is None or not row_id or len(row_id) > 36 or "\x00" in row_id:
         raise InvalidCursor("invalid cursor")
     return Position(created_at, row_id)

@@ -9,6 +9,7 @@ corner of Unicode that must come back exactly as sent.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -281,6 +282,41 @@ async def test_nul_in_any_body_field_is_a_422(app: FastAPI, sessions: async_sess
         problems += _problems(reply, f"{method} {path}", f"with NUL in {sorted(body)}", expect={422})
         if reply.status == 422 and reply.json()["error"]["code"] != "validation_error":
             problems.append(f"{method} {path}: code {reply.json()['error']['code']}")
+    assert not problems, "\n".join(problems)
+    await _unchanged(sessions, owner, before)
+
+
+def _forged(payload: dict[str, Any] | bytes) -> str:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_forged_cursors_and_out_of_range_times_are_a_clean_4xx(
+    app: FastAPI, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Cursors are opaque but client-held: NUL, lone surrogates and dates UTC cannot hold were 500s."""
+    owner = await seed_account(app, sessions, label="forged")
+    before = await snapshot(sessions, owner.user_id)
+    chat = f"/api/v2/sandboxes/{owner.running_sandbox_id}/chat"
+    messages = f"{chat}/sessions/{owner.chat_session_id}/messages"
+    urls = [
+        f"{chat}/sessions?cursor=" + _forged({"k": "s", "l": None, "c": None, "i": "a\u0000b"}),
+        f"{chat}/sessions?cursor=" + _forged({"k": "s", "l": 1, "c": 1, "i": "\ud800"}),
+        f"{chat}/sessions?cursor=" + _forged({"k": "s", "l": 10**30, "c": -(10**30), "i": "x"}),
+        f"{messages}?before=" + _forged({"k": "m", "t": 1, "x": "a\u0000b"}),
+        f"{messages}?after=" + _forged({"k": "m", "t": None, "x": "\udfff"}),
+        f"{messages}?after=" + _forged({"k": "s", "l": 1, "c": 1, "i": "x"}),  # another list's cursor
+        "/api/users/me/activity?cursor=" + _forged(b"0001-01-01T00:00:00+01:00|abc"),
+        "/api/users/me/activity?cursor=" + _forged(b"9999-12-31T23:59:59-01:00|abc"),
+        "/api/users/me/activity?cursor=" + _forged(b"2020-01-01T00:00:00+00:00|a\x00b"),
+        "/api/users/me/activity?until=0001-01-01T00:00:00%2B01:00",
+        "/api/users/me/activity/stats?since=9999-12-31T23:59:59-01:00",
+        "/api/users/me/activity/export?since=0001-01-01T00:30:00%2B00:45&format=csv",
+    ]
+    problems: list[str] = []
+    for url in urls:
+        reply = await asgi_call(app, build_request("GET", url, headers=owner.headers))
+        problems += _problems(reply, f"GET {url.split('?')[0]}", url.split("?")[1][:60], expect={400, 422})
     assert not problems, "\n".join(problems)
     await _unchanged(sessions, owner, before)
 
