@@ -173,6 +173,16 @@ class Checker:
             mine = ours.get(session_id)
             if mine is None:
                 result.note("lost", f"{who}: session {session_id} ({len(messages)} messages) not served by our API")
+            if mine is not None and _is_acp(mine):
+                # Mirrored through the gateway: one user and one agent message per turn, keyed by turn, so
+                # what must match OpenCode's store is the number of turns (the user's messages).
+                missing = sum(1 for info in messages if info.get("role") == "user") - sum(
+                    1 for key in mine if key.endswith("-0-user")
+                )
+                if missing > 0:
+                    result.lost_messages += missing
+                    result.note("lost", f"{who}: ACP session {session_id} lacks {missing} of OpenCode's turns")
+                continue
             for info in messages:
                 mid = str(info["id"])
                 upstream_ids.add(mid)
@@ -348,6 +358,11 @@ async def _upstream(base_url: str) -> tuple[dict[str, list[dict[str, Any]]], set
     return found, busy
 
 
+def _is_acp(messages: dict[str, str]) -> bool:
+    """Messages keyed the way the ACP mirror keys them (``t<turn>-<n>-<role>``), not by OpenCode ids."""
+    return bool(messages) and all(key.startswith("t") and key[1:7].isdigit() for key in messages)
+
+
 async def _ours(client: ApiClient, sandbox_id: str) -> dict[str, dict[str, str]]:
     """Per upstream session id: our messages (external id -> status), every page, as the app reads them."""
     base = f"{SANDBOXES}/{sandbox_id}/chat/sessions"
@@ -363,7 +378,9 @@ async def _ours(client: ApiClient, sandbox_id: str) -> dict[str, dict[str, str]]
                 raise GaveUp(f"session list: {page.status_code} {page.text[:200]}")
             body = page.json()
             for session in body["sessions"]:
-                found[str(session["opencode_session_id"])] = await _messages(client, f"{base}/{session['id']}/messages")
+                # ACP sessions (source acp_gateway) are in OpenCode's store too, under the same id.
+                upstream_id = session["opencode_session_id"] or session["acp_session_id"]
+                found[str(upstream_id)] = await _messages(client, f"{base}/{session['id']}/messages")
             cursor = body.get("next_cursor")
             if not cursor:
                 break

@@ -1,7 +1,8 @@
 """Scripted user journeys over HTTP, as the mobile app would drive them.
 
 A journey has two halves. ``live``: sign up, change preferences, create a sandbox that starts, open a chat
-session and send prompts, each waiting for its reply, and change preferences again. ``delete``: delete
+session and send prompts, each waiting for its reply, hold one conversation through the ACP gateway, and
+change preferences again. ``delete``: delete
 the account and wait until the deletion says it is done (run one iteration later, so the chat can be
 compared with OpenCode's store first, and so deletions also run under chaos).
 
@@ -49,6 +50,7 @@ class Account:
     sandbox_ids: set[str] = field(default_factory=set)  # every id seen (a resent create may make a second one)
     chat_session_ids: list[str] = field(default_factory=list)
     upstream_session_ids: dict[str, str] = field(default_factory=dict)  # our chat session id -> OpenCode's
+    acp_session_ids: list[str] = field(default_factory=list)  # our ids of the sessions made through ACP
     sent: dict[str, str] = field(default_factory=dict)  # message id (202 received) -> our chat session id
     replies: Counter[str] = field(default_factory=Counter)  # complete / error / interrupted / cancelled / timeout
     user_restarts: int = 0  # times the user had to press start again (sandbox in error or stopped)
@@ -62,6 +64,7 @@ class Account:
             "user_id": self.user_id,
             "sandbox_ids": sorted(self.sandbox_ids),
             "chat_sessions": len(self.chat_session_ids),
+            "acp_sessions": len(self.acp_session_ids),
             "sent": len(self.sent),
             "replies": dict(self.replies),
             "user_restarts": self.user_restarts,
@@ -102,6 +105,7 @@ class Journey:
             await self._step("chat_session", self.open_chat())
             for n in range(self.prompts):
                 await self._step(f"prompt_{n + 1}", self.prompt(n), required=False)
+            await self._step("acp_chat", self.acp_chat(), required=False)
             await self._step("preferences_again", self.change_preferences(), required=False)
         except JourneyFailed:
             pass
@@ -246,6 +250,48 @@ class Journey:
                 continue
             raise self._fail(f"prompt_{n + 1}", self._describe(response))
         raise self._fail(f"prompt_{n + 1}", "sandbox kept stopping")
+
+    async def acp_chat(self) -> None:
+        """One conversation through the sandbox's ACP gateway: its reply must be mirrored like any other."""
+        base = f"{SANDBOXES}/{self.account.sandbox_id}/acp"
+        for _ in range(5):
+            created = await self.client.call("POST", f"{base}/sessions", json={"agent_id": "opencode"})
+            if created.status_code == 201:
+                break
+            if created.status_code == 409 and "sandbox_not_running" in created.text:
+                await self.ensure_running()
+                continue
+            raise self._fail("acp_chat", f"create: {self._describe(created)}")
+        else:
+            raise self._fail("acp_chat", "sandbox kept stopping")
+        session_id = str(created.json()["id"])
+        self.account.acp_session_ids.append(session_id)
+        text = f"hello [{self.account.marker} acp]"
+        prompted = await self.client.call("POST", f"{base}/sessions/{session_id}/prompt", json={"text": text})
+        # 409 acp_busy after a resend: our first attempt started the turn, its answer was lost.
+        if prompted.status_code != 202 and not (prompted.status_code == 409 and "acp_busy" in prompted.text):
+            raise self._fail("acp_chat", f"prompt: {self._describe(prompted)}")
+        outcome = await self._await_acp_reply(session_id)
+        self.account.replies[f"acp {outcome}"] += 1
+        if outcome == "timeout":
+            raise self._fail("acp_chat", f"no finished reply mirrored in {self.reply_timeout:.0f} s")
+
+    async def _await_acp_reply(self, session_id: str) -> str:
+        """The status of the ACP session's reply once final (``timeout`` otherwise)."""
+        path = f"{SANDBOXES}/{self.account.sandbox_id}/chat/sessions/{session_id}/messages"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reply_timeout
+        while loop.time() < deadline:
+            try:
+                response = await self.client.call("GET", path, params={"limit": 50}, budget=30)
+            except GaveUp:
+                continue
+            if response.status_code == 200:
+                replies = [m for m in response.json()["messages"] if m["role"] == "assistant"]
+                if replies and replies[-1]["status"] in FINAL_STATUSES:
+                    return str(replies[-1]["status"])
+            await asyncio.sleep(0.5)
+        return "timeout"
 
     async def _await_reply(self, path: str, message_id: str) -> str:
         """The status of the first assistant message after ours, once final; ``timeout`` otherwise."""
