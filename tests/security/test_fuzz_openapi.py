@@ -203,7 +203,7 @@ async def test_every_operation_survives_fuzzing(app: FastAPI, sessions: async_se
                     content=kwargs.get("data") if isinstance(kwargs.get("data"), bytes | str) else None,
                 )
             except (UnicodeEncodeError, ValueError, TypeError) as exc:
-                log.warning("unsendable %r: %r", kwargs, exc)
+                log.warning("unsendable %s: %r", _describe(kwargs), exc)
                 return Reply(status=-1, headers={}, body=b"")  # not sendable over HTTP at all
             return await asgi_call(app, request, stream_grace=0.1, timeout=30)
 
@@ -214,7 +214,6 @@ async def test_every_operation_survives_fuzzing(app: FastAPI, sessions: async_se
 
     failures: dict[tuple[str, str], str] = {}
     statuses: Counter[int] = Counter()
-    total = 0
     started = time.monotonic()
 
     def fuzz_all() -> int:
@@ -247,7 +246,7 @@ async def test_every_operation_survives_fuzzing(app: FastAPI, sessions: async_se
         dict(sorted(statuses.items())),
     )
     assert not failures, f"{len(failures)} problems found by fuzzing:\n" + "\n".join(sorted(failures.values()))
-    # The budget really ran: at least one valid and one invalid request per operation.
+    # The budget really ran, and reached past authentication and validation.
     assert total >= 2 * len(operations)
     assert statuses[422] and statuses[404] and statuses[401]
 

@@ -453,6 +453,13 @@ async def test_an_unexpected_error_still_carries_the_request_id_header(app: Fast
     assert reply.headers["x-request-id"] == "trace-me-1" == reply.json()["error"]["request_id"]
 
 
+async def test_a_deletion_id_with_non_ascii_text_is_a_404(app: FastAPI) -> None:
+    """Found by the longer fuzz: the MAC comparison raised on non-ASCII input (a 500, without a token)."""
+    for forged in ("%C3%85S.%C2%B7%C2%BB%14", "user.%F0%9F%9A%80", "%E2%80%AE.abc"):
+        reply = await asgi_call(app, build_request("GET", f"/api/account/deletion/{forged}"))
+        assert not _problems(reply, "GET /api/account/deletion/{deletion_id}", forged, expect={404})
+
+
 async def test_restoring_a_version_beyond_any_integer_is_a_404(
     app: FastAPI, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
