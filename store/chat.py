@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, exists, false, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute, defer
+from sqlalchemy.orm import InstrumentedAttribute
 
 from store.base import utcnow
 from store.tables import AuthSession, ChatMessage, ChatSession, Sandbox, User
@@ -308,7 +308,7 @@ class MessageKey:
     external_message_id: str
 
     @classmethod
-    def of(cls, row: ChatMessage) -> MessageKey:
+    def of(cls, row: ChatMessage | Row[Any]) -> MessageKey:
         """The key of ``row``."""
         return cls(row.upstream_created_at, row.external_message_id)
 
@@ -339,9 +339,13 @@ def _message_before(key: MessageKey) -> ColumnElement[bool]:
 
 @dataclass
 class MessagePage:
-    """Messages in chronological order, and whether more exist on either side."""
+    """Messages in chronological order, and whether more exist on either side.
 
-    messages: list[ChatMessage]
+    Rows, not ORM objects: a page is read-only, and building 50 tracked instances was a third of a
+    page request's CPU. They carry every column (``content`` only when asked for).
+    """
+
+    messages: list[Row[Any]]
     has_older: bool
     has_newer: bool
 
@@ -367,20 +371,18 @@ async def message_page(
     """
     if before is not None and after is not None:
         raise ValueError("before and after are exclusive")
-    base = select(ChatMessage).where(ChatMessage.session_id == session_id)
-    if not with_content:
-        base = base.options(defer(ChatMessage.content, raiseload=True))
+    columns = [c for c in ChatMessage.__table__.c if with_content or c.name != "content"]
+    base = select(*columns).where(ChatMessage.session_id == session_id)
     if after is not None:
-        rows = list(
-            (await db.scalars(base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1))).all()
-        )
+        query = base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1)
+        rows = list((await db.execute(query)).all())
         has_newer = len(rows) > limit
         rows = rows[:limit]
         # Nothing after the cursor means every message is at or before it.
         has_older = await _any_message(db, session_id, *([_message_before(MessageKey.of(rows[0]))] if rows else []))
         return MessagePage(rows, has_older, has_newer)
     query = base if before is None else base.where(_message_before(before))
-    rows = list((await db.scalars(query.order_by(*_NEWEST_FIRST).limit(limit + 1))).all())
+    rows = list((await db.execute(query.order_by(*_NEWEST_FIRST).limit(limit + 1))).all())
     has_older = len(rows) > limit
     rows = rows[:limit][::-1]
     if before is None:

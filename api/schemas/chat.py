@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Row
 
 from api.schemas.base import RequestBody, ResponseBody
 from store.tables import ChatMessage, ChatSession
@@ -86,22 +87,25 @@ class ChatMessageOut(ResponseBody):
     content: dict[str, Any] | None = Field(None, description="Raw upstream parts; null unless `include_raw=true`.")
 
     @classmethod
-    def from_row(cls, row: ChatMessage, *, include_raw: bool = False) -> ChatMessageOut:
-        """Build from a row."""
-        return cls.model_validate(
-            {
-                **{name: getattr(row, name) for name in cls.model_fields if name != "content" and hasattr(row, name)},
-                "tokens": TokenUsage(
-                    input=row.input_tokens,
-                    output=row.output_tokens,
-                    reasoning=row.reasoning_tokens,
-                    cache_read=row.cache_read_tokens,
-                    cache_write=row.cache_write_tokens,
-                ),
-                "missing_upstream": row.missing_upstream_at is not None,
-                "content": row.content if include_raw else None,
-            }
-        )
+    def from_row(cls, row: ChatMessage | Row[Any], *, include_raw: bool = False) -> ChatMessageOut:
+        """Build from a row (the hot path of every chat page: one attribute read per column, one validation)."""
+        data: dict[str, Any] = {name: getattr(row, name) for name in _MESSAGE_COLUMNS}
+        data["tokens"] = {
+            "input": row.input_tokens,
+            "output": row.output_tokens,
+            "reasoning": row.reasoning_tokens,
+            "cache_read": row.cache_read_tokens,
+            "cache_write": row.cache_write_tokens,
+        }
+        data["missing_upstream"] = row.missing_upstream_at is not None
+        data["content"] = row.content if include_raw else None
+        return cls.model_validate(data)
+
+
+# The fields of ChatMessageOut read straight from a chat_messages row (a test keeps the list complete).
+_MESSAGE_COLUMNS = tuple(
+    name for name in ChatMessageOut.model_fields if name not in ("tokens", "missing_upstream", "content")
+)
 
 
 class ChatSessionList(ResponseBody):
