@@ -59,11 +59,14 @@ class StreamSyncWorkflow:
         workflow.set_current_details(f"Following {self._url()}")
         while not self._finishing:
             self._retargeted = False
+            # ±10 %: after a worker restart every loop reconnects at once; without jitter their segments
+            # (and reconnect-and-reconcile storms) would stay in lockstep every 5 minutes.
+            seconds = data.segment_seconds * workflow.random().uniform(0.9, 1.1)
             self._segment = workflow.start_activity(
                 self.segment_activity,
-                StreamSegmentInput(target=self._target, segment_seconds=data.segment_seconds, status=self._status),
+                StreamSegmentInput(target=self._target, segment_seconds=seconds, status=self._status),
                 result_type=StreamSegmentResult,
-                start_to_close_timeout=timedelta(seconds=data.segment_seconds + 120),
+                start_to_close_timeout=timedelta(seconds=seconds + 120),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=_STREAM_RETRY,
             )
