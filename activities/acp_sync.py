@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,21 +18,21 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
-from activities.opencode_sync import DB_RETRY_SECONDS, FLUSH_TICK_SECONDS, HEALTHY_RESET_SECONDS, backoff_delay
 from activities.resources import WorkerResources
-from activities.stream_status import StatusSaver
+from activities.stream_segment import (
+    HEALTHY_RESET_SECONDS,
+    StreamEnded,
+    backoff_delay,
+    record_disconnect,
+    segment_companions,
+)
 from domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
 from integrations.acp.client import AcpGatewayClient, AcpGatewayError
 from integrations.acp.mirror import AcpMirror
 from security.gateway_secret import gateway_secrets
 from store.acp_sync import load_cursor, save_acp_status
 
-HEARTBEAT_SECONDS = 5.0
 SILENCE_LIMIT_SECONDS = 45.0
-
-
-class StreamEnded(Exception):
-    """The gateway closed the stream, or fell silent."""
 
 
 class AcpSyncActivities:
@@ -59,40 +60,12 @@ class AcpSyncActivities:
         mirror = AcpMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
         async with self._sessions() as db:
             mirror.applied_event_id = mirror.committed_event_id = await load_cursor(db, target.sandbox_id)
-        lock = asyncio.Lock()  # the flusher and the event loop must not write concurrently
         loop = asyncio.get_running_loop()
         deadline = loop.time() + data.segment_seconds
-
-        async def flusher() -> None:
-            while True:
-                await asyncio.sleep(FLUSH_TICK_SECONDS)
-                if mirror.due():
-                    try:
-                        async with lock:
-                            await mirror.flush()
-                    except SQLAlchemyError as error:
-                        # Kept in memory and retried next tick; the resume point did not move.
-                        activity.logger.warning("ACP sync %s: flush failed (%s)", target.sandbox_id, error)
-                        await asyncio.sleep(DB_RETRY_SECONDS)
-
-        saver = StatusSaver(lambda current: self._save_status(target.sandbox_id, current))
-
-        async def heartbeater() -> None:
-            while True:
-                activity.heartbeat(status.model_dump(mode="json"))
-                await saver.beat(status)
-                await asyncio.sleep(HEARTBEAT_SECONDS)
-
-        segment_task = asyncio.current_task()
-
-        async def shutdown_watcher() -> None:
-            await activity.wait_for_worker_shutdown()
-            if segment_task is not None:
-                segment_task.cancel()
-
-        background = [asyncio.create_task(job()) for job in (flusher, heartbeater, shutdown_watcher)]
+        label = f"ACP sync {target.sandbox_id}"
+        save = functools.partial(self._save_status, target.sandbox_id)
         attempt = 0
-        try:
+        async with segment_companions(mirror, status, save, label=label) as lock:
             while loop.time() < deadline:
                 connected_at: float | None = None
                 try:
@@ -143,9 +116,7 @@ class AcpSyncActivities:
                             if loop.time() - connected_at > HEALTHY_RESET_SECONDS:
                                 attempt = 0
                 except (StreamEnded, AcpGatewayError, OSError, SQLAlchemyError) as error:
-                    status.connected = False
-                    status.last_error = f"{type(error).__name__}: {error}"[:500]
-                    status.reconnects += 1
+                    record_disconnect(status, error)
                     async with lock:
                         try:
                             await mirror.flush()
@@ -155,18 +126,8 @@ class AcpSyncActivities:
                             mirror.discard_uncommitted()
                     delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
                     attempt += 1
-                    activity.logger.info("ACP sync %s lost (%s); retry in %.1fs", target.sandbox_id, error, delay)
+                    activity.logger.info("%s lost (%s); retry in %.1fs", label, error, delay)
                     await asyncio.sleep(delay)
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            # What was applied is written with its resume point, never dropped.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(mirror.flush())
-            status.connected = False
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._save_status(target.sandbox_id, status))
         return result
 
     @activity.defn(name="acp_reconcile")

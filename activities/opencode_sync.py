@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +24,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.resources import WorkerResources
-from activities.stream_status import StatusSaver
+from activities.stream_segment import (
+    HEALTHY_RESET_SECONDS,
+    StreamEnded,
+    backoff_delay,
+    record_disconnect,
+    segment_companions,
+)
 from domain.chat import (
     ReconcileReport,
     StreamSegmentInput,
@@ -41,29 +47,12 @@ from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 from workflows.stream_sync import StreamSyncWorkflow
 
-HEARTBEAT_SECONDS = 5.0
-FLUSH_TICK_SECONDS = 0.1
 # OpenCode sends `server.heartbeat` every 10 s; three missed ones mean the connection is dead.
 SILENCE_LIMIT_SECONDS = 30.0
 # `server.connected` is the stream's first frame, sent at once. A request that reaches OpenCode while it
 # is still starting up can hang without ever getting it; waiting the full silence limit for that
 # would leave the mirror 30 s behind after every agent restart.
 FIRST_EVENT_LIMIT_SECONDS = 5.0
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 30.0
-# A connection must stay healthy this long before the backoff resets (no hammering a flapping server).
-HEALTHY_RESET_SECONDS = 30.0
-DB_RETRY_SECONDS = 1.0
-
-
-class StreamEnded(Exception):
-    """OpenCode closed the stream cleanly (e.g. instance disposed, server restarting)."""
-
-
-def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> float:
-    """Full-jitter exponential backoff: uniform in [0.5, 1] x min(cap, base x 2^attempt)."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(attempt, 32))
-    return float(ceiling * (0.5 + rng() / 2))
 
 
 class OpenCodeSyncActivities:
@@ -87,45 +76,12 @@ class OpenCodeSyncActivities:
         status = data.status.model_copy()
         result = StreamSegmentResult(status=status)
         mirror = OpenCodeMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
-        lock = asyncio.Lock()  # the flusher and the event loop must not write concurrently
         loop = asyncio.get_running_loop()
         deadline = loop.time() + data.segment_seconds
-
-        async def flusher() -> None:
-            while True:
-                await asyncio.sleep(FLUSH_TICK_SECONDS)
-                try:
-                    async with lock:
-                        await mirror.flush_due()
-                except SQLAlchemyError as error:
-                    # The database is busy or away: the batch stays buffered and is retried next tick.
-                    activity.logger.warning("sync %s: flush failed (%s); retrying", target.sandbox_id, error)
-                    await asyncio.sleep(DB_RETRY_SECONDS)
-
-        saver = StatusSaver(lambda current: self._save_status(target.sandbox_id, current))
-
-        async def heartbeater() -> None:
-            while True:
-                activity.heartbeat(status.model_dump(mode="json"))
-                await saver.beat(status)
-                await asyncio.sleep(HEARTBEAT_SECONDS)
-
-        segment_task = asyncio.current_task()
-
-        async def shutdown_watcher() -> None:
-            # On worker shutdown end promptly (flushing in `finally`) so another worker takes over,
-            # instead of holding the stream until the graceful-shutdown timeout.
-            await activity.wait_for_worker_shutdown()
-            if segment_task is not None:
-                segment_task.cancel()
-
-        background = [
-            asyncio.create_task(flusher()),
-            asyncio.create_task(heartbeater()),
-            asyncio.create_task(shutdown_watcher()),
-        ]
+        label = f"sync {target.sandbox_id}"
+        save = functools.partial(self._save_status, target.sandbox_id)
         attempt = 0
-        try:
+        async with segment_companions(mirror, status, save, label=label) as lock:
             while loop.time() < deadline:
                 connected_at: float | None = None
                 try:
@@ -171,26 +127,14 @@ class OpenCodeSyncActivities:
                 except (StreamEnded, OpenCodeError, httpx.HTTPError, OSError, SQLAlchemyError) as error:
                     # A database error too: reconnecting reconciles, and unwritten batches stay buffered,
                     # where failing the activity would drop the stream and reconcile all the same.
-                    status.connected = False
-                    status.last_error = f"{type(error).__name__}: {error}"[:500]
-                    status.reconnects += 1
+                    record_disconnect(status, error)
                     with contextlib.suppress(SQLAlchemyError):
                         async with lock:
                             await mirror.flush()
                     delay = min(backoff_delay(attempt), max(0.0, deadline - loop.time()))
                     attempt += 1
-                    activity.logger.info("sync %s disconnected (%s); retry in %.1fs", target.sandbox_id, error, delay)
+                    activity.logger.info("%s disconnected (%s); retry in %.1fs", label, error, delay)
                     await asyncio.sleep(delay)
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            # Whatever the stream delivered before a cancel or error is written, never dropped.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(mirror.flush())
-            status.connected = False
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._save_status(target.sandbox_id, status))
         return result
 
     @activity.defn(name="opencode_reconcile")

@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from activities.opencode_sync import FLUSH_TICK_SECONDS
+from activities.stream_segment import FLUSH_TICK_SECONDS
 from bench._result import Result, console
 from integrations.opencode.mirror import OpenCodeMirror
 from store.engine import create_engine, session_factory

@@ -23,6 +23,7 @@ from api.app import create_app
 from core.settings import Settings
 from store.engine import create_engine, session_factory
 from store.migrate import upgrade_database
+from tests.fakes.fake_llm import FakeLLM
 from tests.requirements import missing, postgres_url, venv_binary
 
 # Fixtures running a real OpenCode process and the project's fake LLM.
@@ -173,3 +174,13 @@ async def temporal_time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     async with env:
         yield env
+
+
+@pytest.fixture(scope="module")
+def bridge_llm() -> Iterator[FakeLLM]:
+    """The fake LLM listening on every interface, so sandbox containers reach it through the Docker bridge."""
+    llm = FakeLLM.start(host="0.0.0.0")
+    try:
+        yield llm
+    finally:
+        llm.stop()

@@ -9,6 +9,7 @@ import docker
 from docker.errors import DockerException, ImageNotFound
 
 from domain.sandbox import container_name, volume_names
+from tests.fakes.opencode_server import opencode_config
 from tests.requirements import missing
 
 SANDBOX_IMAGE = "agentpod-sandbox:dev"
@@ -26,6 +27,12 @@ def docker_client() -> Any:
     except ImageNotFound:
         missing(f"image {SANDBOX_IMAGE} is not built: run `make image`")
     return client
+
+
+def bridge_agent_config(llm_port: int, **extra: Any) -> dict[str, Any]:
+    """An OpenCode config for sandbox containers: the fake LLM on the host, reached through the bridge."""
+    gateway = docker_client().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    return {**opencode_config(f"http://{gateway}:{llm_port}/v1"), **extra}
 
 
 def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:

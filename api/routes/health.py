@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Response, status
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Response, status
 from api.deps import Context
 from api.schemas.health import ComponentHealth, HealthOut
 from store.migrate import SchemaOutOfDateError, assert_schema_current
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["health"])
 
@@ -23,13 +26,19 @@ def _version() -> str:
         return "dev"
 
 
+def _unreachable(component: str, exc: BaseException) -> str:
+    """The public reason (the endpoint needs no token: no hosts, ports or driver messages); the log has it all."""
+    log.warning("health: %s unreachable: %s: %s", component, type(exc).__name__, exc)
+    return f"unreachable ({type(exc).__name__})"
+
+
 async def _database(ctx: Context) -> ComponentHealth:
     try:
         await asyncio.wait_for(assert_schema_current(ctx.engine), _TIMEOUT_SECONDS)
     except SchemaOutOfDateError as exc:
         return ComponentHealth(ok=False, detail=str(exc))
-    except Exception as exc:  # any failure to reach the database is "not ok", with the reason
-        return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # any failure to reach the database is "not ok"
+        return ComponentHealth(ok=False, detail=_unreachable("database", exc))
     return ComponentHealth(ok=True)
 
 
@@ -37,7 +46,7 @@ async def _temporal(ctx: Context) -> ComponentHealth:
     try:
         serving = await asyncio.wait_for(ctx.temporal.service_client.check_health(), _TIMEOUT_SECONDS)
     except Exception as exc:  # unreachable, timeout, auth: all mean "not ok"
-        return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {exc}"[:300] or "unreachable")
+        return ComponentHealth(ok=False, detail=_unreachable("Temporal", exc))
     return ComponentHealth(ok=serving, detail=None if serving else "not serving")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
 from api.schemas.base import RequestBody, ResponseBody
-from api.schemas.chat import MAX_MESSAGE_CHARS
+from api.schemas.chat import PromptText
 
 _ID = r"^[A-Za-z0-9._:-]+$"
 
@@ -38,14 +38,7 @@ class AcpPrompt(RequestBody):
 
     model_config = ConfigDict(str_strip_whitespace=False)
 
-    text: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text must not be blank")
-        return value
+    text: PromptText
 
 
 class AcpTurnAccepted(ResponseBody):

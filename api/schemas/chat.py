@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from api.schemas.base import RequestBody, ResponseBody
@@ -148,23 +148,26 @@ class ChatSessionCreate(RequestBody):
     title: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be blank")
+    return value
+
+
+# What a user types to an agent (OpenCode or ACP): sent as typed, never blank.
+PromptText = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), AfterValidator(_not_blank)]
+
+
 class ChatMessageCreate(RequestBody):
     """A prompt for the agent. ``text`` is sent as typed (whitespace kept)."""
 
     model_config = ConfigDict(str_strip_whitespace=False)
 
-    text: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    text: PromptText
     model: Annotated[str, Field(max_length=400, pattern=r"^[^/\s]+/\S+$")] | None = Field(
         None, description="`provider/model`, e.g. `anthropic/claude-sonnet-4`; the agent's default when absent."
     )
     agent: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text must not be blank")
-        return value
 
 
 class ChatMessageAccepted(ResponseBody):

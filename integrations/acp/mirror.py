@@ -225,6 +225,10 @@ class AcpMirror:
         event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"acp.permission_request:{self.sandbox_id}:{request_id}"))
         self._pending.activity.append((event, event_id))
 
+    async def flush_due(self) -> int:
+        """Flush if something waited longer than the flush interval."""
+        return await self.flush() if self.due() else 0
+
     def due(self) -> bool:
         """Something waits to be written for longer than the flush interval."""
         return self._dirty_since is not None and self._clock() - self._dirty_since >= self._interval

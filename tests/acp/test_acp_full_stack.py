@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,9 +25,8 @@ from integrations.acp.transcript import fold_history
 from security.gateway_secret import gateway_secrets
 from security.keyring import load_keyring
 from store.tables import ActivityLog, Sandbox
-from tests.docker_helpers import docker_client
+from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, TOOL_COMMAND, FakeLLM
-from tests.fakes.opencode_server import opencode_config
 from tests.helpers import auth_header, sign_up
 from tests.sync.conftest import eventually
 from tests.workflows import conftest as workflow_stack
@@ -54,21 +53,10 @@ KILL_GATEWAY = (
 TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def bridge_llm() -> Iterator[FakeLLM]:
-    """The fake LLM on every interface, so sandbox containers reach it through the bridge."""
-    llm = FakeLLM.start(host="0.0.0.0")
-    try:
-        yield llm
-    finally:
-        llm.stop()
-
-
 @pytest.fixture
 def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The fake provider, and bash only after the user's permission."""
-    gateway = docker_client().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    config = {**opencode_config(f"http://{gateway}:{bridge_llm.port}/v1"), "permission": {"bash": "ask"}}
+    config = bridge_agent_config(bridge_llm.port, permission={"bash": "ask"})
     monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
     return config
 

@@ -175,7 +175,8 @@ async def test_deletion_ids_are_unforgeable(app: FastAPI, client: httpx.AsyncCli
     _, user_id = await _user(client)
     real = account_routes.deletion_id(app.state.ctx.keyring, user_id)
     assert account_routes.deletion_user(app.state.ctx.keyring, real) == user_id
-    for forged in (user_id, f"{user_id}.{'A' * 32}", f"account-deletion-{user_id}", real[:-1] + "x", "x.y"):
+    tampered = real[:-1] + ("y" if real.endswith("x") else "x")  # one character off, never the real id
+    for forged in (user_id, f"{user_id}.{'A' * 32}", f"account-deletion-{user_id}", tampered, "x.y"):
         assert_error(await client.get(f"/api/account/deletion/{forged}"), 404, "deletion_not_found")
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
 
-from activities import opencode_sync
+from activities import stream_segment
 from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
 from core.settings import Settings
@@ -43,7 +43,7 @@ ABORTED = "MessageAbortedError"
 @pytest.fixture(autouse=True)
 def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     """Heartbeats (the status tests watch) every 0.2 s instead of 5 s; the stream logic is unchanged."""
-    monkeypatch.setattr(opencode_sync, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(stream_segment, "HEARTBEAT_SECONDS", 0.2)
 
 
 # --------------------------------------------------------------------------- waiting

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,9 +24,8 @@ from temporalio.service import RPCError
 from api.routes import ROUTERS
 from domain.sandbox import container_name
 from integrations.opencode.client import OpenCodeClient
-from tests.docker_helpers import docker_client
+from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, FakeLLM
-from tests.fakes.opencode_server import opencode_config
 from tests.helpers import auth_header, sign_up
 from tests.sync.conftest import assert_mirrored, eventually, prompt_and_wait, stored_session
 from tests.workflows import conftest as workflow_stack
@@ -51,22 +50,10 @@ CHAT_SESSIONS = BASE + "/{sandbox_id}/chat/sessions"
 SYNC_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def bridge_llm() -> Iterator[FakeLLM]:
-    """The fake LLM listening on every interface, so sandbox containers can reach it."""
-    llm = FakeLLM.start(host="0.0.0.0")
-    try:
-        yield llm
-    finally:
-        llm.stop()
-
-
 @pytest.fixture
 def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The installation's agent config: the fake provider, addressed through the bridge gateway."""
-    network = docker_client().networks.get("bridge")
-    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-    config = opencode_config(f"http://{gateway}:{bridge_llm.port}/v1")
+    config = bridge_agent_config(bridge_llm.port)
     # The stack builds its Settings from the environment (prefix AGENTPOD_) plus its own overrides.
     monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
     return config
