@@ -25,12 +25,14 @@ create).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import struct
+import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any
@@ -196,10 +198,25 @@ def _demux(raw: bytes) -> tuple[bytes, bytes]:
 # Runs inside the container. Write to a temporary name, then rename: OpenCode never reads a
 # half-written config. umask 077 keeps the file private from its first byte, and the tmpfs root
 # is chmod-ed because Docker copies the image directory's mode (0755) over the mount's mode=0700.
-_WRITE_SECRET_SCRIPT = (
-    'umask 077 && chmod 0700 "$1" && mkdir -p "$(dirname "$2")" && '
-    'cat > "$2.tmp" && chmod 0600 "$2.tmp" && mv -f "$2.tmp" "$2"'
+# $1: the tmpfs; $2: a marker to create last ("" for none). Unpacks stdin's tar next to the targets, then
+# renames each file into place, so no reader ever sees a partly written secret.
+_WRITE_SECRETS_SCRIPT = (
+    'umask 077 && chmod 0700 "$1" && t="$1/.incoming.$$" && rm -rf "$t" && mkdir "$t" && '
+    'tar -x -f - -C "$t" && (cd "$t" && find . -type f) | while read -r f; do '
+    'mkdir -p "$1/$(dirname "$f")" && mv -f "$t/$f" "$1/$f" || exit 1; done && '
+    'rm -rf "$t" && { [ -z "$2" ] || touch "$1/$2"; }'
 )
+
+
+def _tar(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar archive of ``files`` (relative paths), each mode 0600."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for path, body in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(body), 0o600, int(time.time())
+            archive.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
 
 
 class DockerEngine:
@@ -446,29 +463,36 @@ class DockerEngine:
     # -- secrets ----------------------------------------------------------------------------------
 
     def write_secret_file(self, sandbox_id: str, path_in_tmpfs: str, content: bytes) -> None:
-        """Write ``content`` to ``/run/agentpod/<path_in_tmpfs>`` (mode 0600) in the running container.
+        """Write ``content`` to ``/run/agentpod/<path_in_tmpfs>`` (mode 0600) in the running container."""
+        self.write_secret_files(sandbox_id, {path_in_tmpfs: content})
 
-        The bytes travel over the exec's stdin, so they appear in no command line, environment or
-        ``docker inspect``. Not ``put_archive``: Docker's archive API writes into the container's
-        filesystem layer underneath the tmpfs mount, i.e. onto the host's disk, where the
-        container cannot even see the file. The tmpfs is empty after every start, so call this
-        after each :meth:`start`. Needs ``sh``, ``cat``, ``chmod``, ``mkdir``, ``dirname`` and
-        ``mv`` in the image.
+    def write_secret_files(self, sandbox_id: str, files: Mapping[str, bytes], *, then_touch: str | None = None) -> None:
+        """Write each file to ``/run/agentpod/<path>`` (mode 0600) in the running container, then create
+        ``then_touch`` (e.g. ``ready``) once every file is in place — all in one ``docker exec``.
+
+        The bytes travel as a tar archive over the exec's stdin, so they appear in no command line,
+        environment or ``docker inspect``; each file is unpacked beside its target and renamed over it,
+        so a reader never sees half a file. Not ``put_archive``: Docker's archive API writes into the
+        container's filesystem layer underneath the tmpfs mount, i.e. onto the host's disk, where the
+        container cannot even see the file. The tmpfs is empty after every start, so call this after
+        each :meth:`start`. Needs ``sh``, ``tar``, ``find``, ``chmod``, ``mkdir``, ``dirname``, ``mv``,
+        ``rm`` and ``touch`` in the image.
         """
-        target = _secret_target(path_in_tmpfs)
+        targets = {str(_secret_target(path).relative_to(SECRETS_PATH)): body for path, body in files.items()}
+        marker = str(_secret_target(then_touch).relative_to(SECRETS_PATH)) if then_touch else ""
         name = container_name(sandbox_id)
         attrs = self._inspect_attrs(name)
         if attrs is None:
             raise ContainerGone(f"container {name} does not exist")
         if not _state(attrs).running:
-            # Also on purpose: with the tmpfs unmounted the file would land on disk.
+            # Also on purpose: with the tmpfs unmounted the files would land on disk.
             raise ContainerNotRunning(f"container {name} is not running")
         api = self._api
-        with _engine_errors(f"write {target} in {name}"):
+        with _engine_errors(f"write {sorted(targets)} in {name}"):
             try:
                 exec_id = api.exec_create(
                     attrs["Id"],
-                    ["sh", "-c", _WRITE_SECRET_SCRIPT, "sh", SECRETS_PATH, str(target)],
+                    ["sh", "-c", _WRITE_SECRETS_SCRIPT, "sh", SECRETS_PATH, marker],
                     stdin=True,
                     stdout=True,
                     stderr=True,
@@ -479,12 +503,12 @@ class DockerEngine:
                 if _is_conflict(exc):
                     raise ContainerNotRunning(f"container {name} is not running") from exc
                 raise
-            output = self._exec_with_stdin(exec_id, content)
+            output = self._exec_with_stdin(exec_id, _tar(targets))
             exit_code = self._exec_exit_code(exec_id)
         if exit_code != 0:
             _, stderr = _demux(output)
             raise DockerEngineError(
-                f"writing {target} in {name} failed ({exit_code}): {stderr.decode(errors='replace')[:500]}"
+                f"writing {sorted(targets)} in {name} failed ({exit_code}): {stderr.decode(errors='replace')[:500]}"
             )
 
     def _exec_with_stdin(self, exec_id: str, content: bytes) -> bytes:

@@ -157,4 +157,4 @@ async def test_wait_opencode_healthy_times_out_retryably_and_heartbeats(tmp_path
     assert error.value.type == "OpenCodeUnhealthy" and not error.value.non_retryable
     assert "ConnectError" in str(error.value)
     assert 1.0 <= elapsed < 2.5
-    assert len(heartbeats) >= 3  # one per 250 ms poll
+    assert len(heartbeats) >= 3  # one per poll (every 100 ms)
