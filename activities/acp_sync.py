@@ -23,6 +23,7 @@ from activities.stream_segment import (
     HEALTHY_RESET_SECONDS,
     StreamEnded,
     backoff_delay,
+    next_frame,
     record_disconnect,
     segment_companions,
 )
@@ -73,18 +74,11 @@ class AcpSyncActivities:
                         self._client(target) as gateway,
                         contextlib.aclosing(gateway.events(mirror.committed_event_id)) as events,
                     ):
-                        while loop.time() < deadline:
-                            remaining = deadline - loop.time()
-                            try:
-                                # asyncio.timeout, not wait_for: see activities/opencode_sync.py.
-                                async with asyncio.timeout(min(SILENCE_LIMIT_SECONDS, remaining)):
-                                    event = await anext(events)
-                            except StopAsyncIteration:
-                                raise StreamEnded("the gateway closed the event stream") from None
-                            except TimeoutError:
-                                if loop.time() >= deadline:
-                                    break
-                                raise StreamEnded(f"no frame for {SILENCE_LIMIT_SECONDS:.0f} s") from None
+                        while (
+                            event := await next_frame(
+                                events, silence_limit=SILENCE_LIMIT_SECONDS, deadline=deadline, source="the gateway"
+                            )
+                        ) is not None:
                             if connected_at is None:
                                 connected_at = loop.time()
                                 status.connected, status.last_error = True, None

@@ -28,6 +28,7 @@ from activities.stream_segment import (
     HEALTHY_RESET_SECONDS,
     StreamEnded,
     backoff_delay,
+    next_frame,
     record_disconnect,
     segment_companions,
 )
@@ -87,23 +88,11 @@ class OpenCodeSyncActivities:
                 try:
                     async with OpenCodeClient(target.opencode_url) as client:
                         events = client.events().__aiter__()
-                        while loop.time() < deadline:
-                            remaining = deadline - loop.time()
+                        while True:
                             limit = SILENCE_LIMIT_SECONDS if connected_at is not None else FIRST_EVENT_LIMIT_SECONDS
-                            try:
-                                # Not asyncio.wait_for: on Python 3.11 it returns the result instead of
-                                # raising when a cancel lands just as the next event arrives, which is
-                                # almost always during a delta burst. The swallowed cancel (finish,
-                                # retarget, worker shutdown) left the activity streaming the old
-                                # target until its segment ended. asyncio.timeout keeps the cancel.
-                                async with asyncio.timeout(min(limit, remaining)):
-                                    event = await anext(events)
-                            except StopAsyncIteration:
-                                raise StreamEnded("OpenCode closed the event stream") from None
-                            except TimeoutError:
-                                if loop.time() >= deadline:
-                                    break
-                                raise StreamEnded(f"no event for {limit:.0f} s") from None
+                            event = await next_frame(events, silence_limit=limit, deadline=deadline, source="OpenCode")
+                            if event is None:
+                                break
                             kind = event.get("type")
                             if kind == "server.connected":
                                 connected_at = loop.time()

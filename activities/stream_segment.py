@@ -16,13 +16,15 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from activities.stream_status import StatusSaver
 from domain.chat import SyncStatus
+
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5.0
 FLUSH_TICK_SECONDS = 0.1
@@ -102,6 +104,30 @@ async def segment_companions(
         status.connected = False
         with contextlib.suppress(Exception):
             await asyncio.shield(save_status(status))
+
+
+async def next_frame(frames: AsyncIterator[T], *, silence_limit: float, deadline: float, source: str) -> T | None:
+    """The stream's next frame; None once the segment's ``deadline`` (loop time) has come.
+
+    Raises :class:`StreamEnded` when the stream ends or stays silent for ``silence_limit`` seconds.
+    Not ``asyncio.wait_for``: on Python 3.11 it returns the result instead of raising when a cancel
+    lands just as the next frame arrives, which is almost always during a delta burst; the swallowed
+    cancel (finish, retarget, worker shutdown) left the activity streaming the old target until its
+    segment ended. ``asyncio.timeout`` keeps the cancel.
+    """
+    loop = asyncio.get_running_loop()
+    remaining = deadline - loop.time()
+    if remaining <= 0:
+        return None
+    try:
+        async with asyncio.timeout(min(silence_limit, remaining)):
+            return await anext(frames)
+    except StopAsyncIteration:
+        raise StreamEnded(f"{source} closed the event stream") from None
+    except TimeoutError:
+        if loop.time() >= deadline:
+            return None
+        raise StreamEnded(f"nothing from {source} for {silence_limit:.0f} s") from None
 
 
 def record_disconnect(status: SyncStatus, error: BaseException) -> None:
