@@ -49,11 +49,13 @@ async def run_worker(settings: Settings | None = None) -> None:
         await assert_schema_current(engine)
         client = await temporal.connect(settings)
         sessions = session_factory(engine)
+        keyring = load_keyring(settings)
         resources = WorkerResources(
             settings=settings,
             sessions=sessions,
             temporal=client,
-            secrets=EncryptedSecretsProvider(sessions, load_keyring(settings)),
+            secrets=EncryptedSecretsProvider(sessions, keyring),
+            keyring=keyring,
         )
         # Created or brought up to date, never un-paused: an operator's pause survives restarts.
         await ensure_archival_schedule(
