@@ -116,9 +116,3 @@ async def save_acp_status(db: AsyncSession, sandbox_id: str, status: SyncStatus)
         db.add(row)
     row.status = status.model_dump(mode="json")
     row.updated_at = utcnow()
-
-
-async def load_acp_status(db: AsyncSession, sandbox_id: str) -> SyncStatus | None:
-    """The ACP mirror's last saved status (None when it never ran)."""
-    row = await db.get(AcpSyncState, sandbox_id)
-    return SyncStatus.model_validate(row.status) if row and row.status else None

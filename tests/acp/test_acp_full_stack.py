@@ -8,7 +8,6 @@ answer given through our API.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
 from domain.sandbox import container_name
 from integrations.acp.client import AcpGatewayClient
@@ -68,10 +66,7 @@ async def acp_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIte
     try:
         yield stack
     finally:
-        for sandbox_id in stack.sandbox_ids:
-            for workflow_id in (sandbox_sync_workflow_id(sandbox_id), acp_sync_workflow_id(sandbox_id)):
-                with contextlib.suppress(RPCError):
-                    await stack.temporal.client.get_workflow_handle(workflow_id).terminate("test finished")
+        await stack.end_chat_mirrors()
 
 
 class Chat:

@@ -9,7 +9,6 @@ follows the new address) and the sandbox being stopped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,6 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
 from api.routes import ROUTERS
 from domain.sandbox import container_name
@@ -66,10 +64,7 @@ async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIt
     try:
         yield stack
     finally:
-        for sandbox_id in stack.sandbox_ids:
-            handle = stack.temporal.client.get_workflow_handle(sandbox_sync_workflow_id(sandbox_id))
-            with contextlib.suppress(RPCError):  # never started, or already finished
-                await handle.terminate("test finished")
+        await stack.end_chat_mirrors()
 
 
 def _internal_url(sandbox: dict[str, Any]) -> str:

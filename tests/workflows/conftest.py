@@ -26,7 +26,7 @@ from domain.secrets import NoSecrets, SecretsProvider
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from tests.helpers import auth_header, sign_up
 from worker import build_worker
-from workflows.ids import sandbox_workflow_id
+from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id, sandbox_workflow_id
 
 
 @dataclass
@@ -42,6 +42,13 @@ class Stack:
     kill_worker: Callable[[], Awaitable[None]]
     headers: dict[str, str] = field(default_factory=dict)
     sandbox_ids: list[str] = field(default_factory=list)
+
+    async def end_chat_mirrors(self) -> None:
+        """Terminate the OpenCode and ACP sync workflows of every sandbox this test created."""
+        for sandbox_id in self.sandbox_ids:
+            for workflow_id in (sandbox_sync_workflow_id(sandbox_id), acp_sync_workflow_id(sandbox_id)):
+                with contextlib.suppress(RPCError):  # never started, or already finished
+                    await self.temporal.client.get_workflow_handle(workflow_id).terminate("test finished")
 
     async def create_sandbox(self, **extra: Any) -> dict[str, Any]:
         """Create a sandbox through the API (and remember it for cleanup)."""
