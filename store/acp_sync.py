@@ -17,6 +17,7 @@ from domain.chat import SyncStatus
 from store.base import utcnow
 from store.chat_sync import SessionRow, ensure_session, find_session, list_sessions
 from store.tables import AcpSyncState, ChatMessage, ChatSession, Sandbox
+from store.write_gate import begin_write
 
 SOURCE = "acp_gateway"
 
@@ -106,8 +107,15 @@ async def save_cursor(db: AsyncSession, sandbox_id: str, event_id: str | None) -
         row.updated_at = utcnow()
 
 
+async def load_acp_status(db: AsyncSession, sandbox_id: str) -> SyncStatus:
+    """The ACP mirror's last saved status (defaults when it never ran)."""
+    row = await db.get(AcpSyncState, sandbox_id)
+    return SyncStatus.model_validate(row.status) if row is not None and row.status else SyncStatus()
+
+
 async def save_acp_status(db: AsyncSession, sandbox_id: str, status: SyncStatus) -> None:
     """Persist the ACP mirror's status (no-op once the sandbox is gone)."""
+    await begin_write(db)
     row = await db.get(AcpSyncState, sandbox_id)
     if row is None:
         if await db.get(Sandbox, sandbox_id) is None:

@@ -31,6 +31,7 @@ from domain.activity import ActivityEvent
 from store.activity import record_activity
 from store.base import new_id
 from store.tables.chat import ChatMessage, ChatSession
+from store.write_gate import begin_write
 
 SESSIONS: Table = ChatSession.__table__  # type: ignore[assignment]
 MESSAGES: Table = ChatMessage.__table__  # type: ignore[assignment]
@@ -123,19 +124,16 @@ async def lock_sandbox_chats(db: AsyncSession, sandbox_id: str) -> None:
     """Serialize the chat writers of one sandbox until this transaction ends.
 
     Must be the first statement of the transaction. PostgreSQL: a transaction-scoped advisory lock
-    on the sandbox (other sandboxes are not blocked). SQLite: ``BEGIN IMMEDIATE`` takes the database's
-    single write lock up front; a deferred transaction that read first could not safely write later.
+    on the sandbox (other sandboxes are not blocked). SQLite: the database's single write lock, taken
+    up front through :func:`store.write_gate.begin_write` (a deferred transaction that read first could
+    not safely write later).
     """
     conn = await db.connection()
     if conn.dialect.name == "postgresql":
         key = func.hashtextextended(f"agentpod.chat:{sandbox_id}", 0)
         await conn.execute(select(func.pg_advisory_xact_lock(key)))
-    elif conn.dialect.name == "sqlite":
-        raw = await conn.get_raw_connection()
-        # The driver begins transactions lazily, before the first write; if one is already open
-        # (a caller wrote first), it already holds or will wait for the write lock.
-        if not getattr(raw.driver_connection, "in_transaction", False):
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        await begin_write(db)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from core.settings import get_settings
+from store.write_gate import WriteGatedSession
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -45,5 +46,6 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit (responses are built after it)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions that keep loaded objects usable after commit (responses are built after it) and queue
+    their writes on the process's write gate (``store/write_gate.py``)."""
+    return async_sessionmaker(engine, class_=WriteGatedSession, expire_on_commit=False)

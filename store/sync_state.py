@@ -7,10 +7,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.chat import SyncStatus
 from store.base import utcnow
 from store.tables import ChatSyncState, Sandbox
+from store.write_gate import begin_write
 
 
 async def save_sync_status(db: AsyncSession, sandbox_id: str, status: SyncStatus, *, merge: bool = False) -> None:
     """Write the status (``merge``: only the fields set on ``status``); no-op if the sandbox is gone."""
+    await begin_write(db)
     row = await db.get(ChatSyncState, sandbox_id)
     if row is None:
         if await db.get(Sandbox, sandbox_id) is None:

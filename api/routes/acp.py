@@ -170,9 +170,7 @@ async def prompt(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[audit("acp.cancel", entity="chat_session", id_param="session_id")],
 )
-async def cancel(
-    sandbox: OwnedSandbox, session: OwnedAcpSession, ctx: Context, clients: AcpClients
-) -> AcpTurnAccepted:
+async def cancel(sandbox: OwnedSandbox, session: OwnedAcpSession, ctx: Context, clients: AcpClients) -> AcpTurnAccepted:
     """Stop the turn in progress (409 when none runs); the reply is mirrored as ``cancelled``."""
     assert session.acp_session_id is not None
     async with _gateway(ctx, clients, sandbox) as gateway:

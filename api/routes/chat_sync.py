@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -14,6 +14,7 @@ from api.audit import not_audited
 from api.deps import DbSession, OwnedSandbox, TemporalClient
 from api.errors import ERROR_RESPONSES, ApiError, Conflict, NotFound
 from domain.chat import ReconcileReport, SyncStatus
+from store.acp_sync import load_acp_status
 from store.sync_state import load_sync_status
 from store.tables import ChatSession, Sandbox
 from workflows.ids import sandbox_sync_workflow_id
@@ -23,16 +24,21 @@ router = APIRouter(prefix="/api/v2/sandboxes/{sandbox_id}/chat", tags=["chat"], 
 
 
 class SyncStatusOut(BaseModel):
-    """The mirror's state next to the sandbox's."""
+    """Both mirrors' state next to the sandbox's."""
 
     sandbox_status: str
-    sync: SyncStatus
+    sync: SyncStatus = Field(description="The OpenCode mirror (OpenCode's own sessions).")
+    acp: SyncStatus = Field(description="The ACP gateway mirror (sessions of agents driven over ACP).")
 
 
 @router.get("/sync/status")
 async def sync_status(sandbox: OwnedSandbox, db: DbSession) -> SyncStatusOut:
-    """Connected, last event, last reconcile, reconnects and last error of the live mirror."""
-    return SyncStatusOut(sandbox_status=sandbox.status, sync=await load_sync_status(db, sandbox.id))
+    """Connected, last event, last reconcile, reconnects and last error of each live mirror."""
+    return SyncStatusOut(
+        sandbox_status=sandbox.status,
+        sync=await load_sync_status(db, sandbox.id),
+        acp=await load_acp_status(db, sandbox.id),
+    )
 
 
 async def _reconcile_now(temporal: TemporalClient, sandbox: Sandbox) -> ReconcileReport:

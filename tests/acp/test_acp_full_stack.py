@@ -127,6 +127,17 @@ async def test_prompt_is_answered_persisted_and_owned(acp_stack: Stack) -> None:
     assert {m["source"] for m in messages} == {"acp_gateway"}
     assert messages[1]["tokens"]["output"] > 0  # the turn's usage reached the reply
 
+    # The app sees both mirrors live, the ACP one having applied the turn's events.
+    async def both_connected() -> dict[str, Any] | None:
+        response = await stack.client.get(f"{BASE}/{chat.sandbox_id}/chat/sync/status", headers=stack.headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        live = body["sync"]["connected"] and body["acp"]["connected"] and body["acp"]["events_applied"] > 0
+        return body if live else None
+
+    status = await eventually(both_connected, timeout=45, what="both mirrors connected")
+    assert status["sandbox_status"] == "running" and status["acp"]["last_error"] is None
+
     # Listed once, as an ACP session, even after the OpenCode mirror reconciled the same OpenCode store.
     sync = stack.temporal.client.get_workflow_handle_for(
         OpenCodeSyncWorkflow.run, sandbox_sync_workflow_id(chat.sandbox_id)
