@@ -82,6 +82,7 @@ async def test_gate_left_by_a_finished_task_is_reclaimed(
         # A bug: the task ends with its transaction open. Free SQLite's own lock by hand (a dead
         # connection would); the gate is still taken.
         raw = await (await leaked.connection()).get_raw_connection()
+        assert raw.driver_connection is not None
         await raw.driver_connection.rollback()
 
     await asyncio.create_task(leak())
