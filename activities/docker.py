@@ -67,12 +67,14 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 class WaitHealthyInput(BaseModel):
-    """Where OpenCode listens (e.g. ``http://127.0.0.1:49153``) and how long to wait for it."""
+    """Where OpenCode (and the ACP gateway) listen (e.g. ``http://127.0.0.1:49153``) and how long to wait."""
 
     base_url: str
     timeout_seconds: float = Field(60.0, gt=0)
     # When set, the container is watched too: one that exited fails the wait at once, not at the timeout.
     sandbox_id: str | None = None
+    # When set, the ACP gateway must answer its /health too before the sandbox counts as running.
+    gateway_url: str | None = None
 
 
 def _forget_result(task: asyncio.Future[Any]) -> None:
@@ -172,51 +174,59 @@ class DockerActivities:
 
     @activity.defn(name="wait_opencode_healthy")
     async def wait_opencode_healthy(self, data: WaitHealthyInput) -> None:
-        """Poll ``GET {base_url}/global/health`` every 100 ms until it says ``healthy: true``.
+        """Poll ``GET {base_url}/global/health`` every 100 ms until it says ``healthy: true``; then,
+        when ``gateway_url`` is set, the ACP gateway's ``/health`` the same way (it starts beside
+        OpenCode, so it is almost always up by then: one request).
 
         Probes overlap instead of waiting for each other: a request that reaches OpenCode in the
         instant it starts listening is never answered, and waiting it out would add its whole
         timeout to every sandbox start. Raises a retryable ``ApplicationError`` (type
-        ``OpenCodeUnhealthy``) on timeout, carrying the last answer or connection error.
+        ``OpenCodeUnhealthy`` / ``GatewayUnhealthy``) on timeout, carrying the last answer or error.
         """
-        url = data.base_url.rstrip("/") + "/global/health"
+        deadline = asyncio.get_running_loop().time() + data.timeout_seconds
+        # trust_env=False: a proxy from the environment must not sit between us and a sandbox.
+        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_REQUEST_TIMEOUT) as client:
+            await self._wait_healthy(client, data, "OpenCode", data.base_url.rstrip("/") + "/global/health", deadline)
+            if data.gateway_url:
+                url = data.gateway_url.rstrip("/") + "/health"
+                await self._wait_healthy(client, data, "Gateway", url, deadline)
+
+    async def _wait_healthy(
+        self, client: httpx.AsyncClient, data: WaitHealthyInput, what: str, url: str, deadline: float
+    ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + data.timeout_seconds
         next_probe = loop.time()
         next_container_check = loop.time() + CONTAINER_CHECK_SECONDS
         last = "no answer yet"
         probes: set[asyncio.Task[tuple[bool, str]]] = set()
-        # trust_env=False: a proxy from the environment must not sit between us and a sandbox.
-        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_REQUEST_TIMEOUT) as client:
-            try:
-                while True:
-                    now = loop.time()
-                    if now >= deadline:
-                        raise ApplicationError(
-                            f"OpenCode at {url} not healthy after {data.timeout_seconds:g} s ({last})",
-                            type="OpenCodeUnhealthy",
-                        )
-                    if data.sandbox_id and now >= next_container_check:
-                        next_container_check = now + CONTAINER_CHECK_SECONDS
-                        await self._fail_if_exited(data.sandbox_id, last)
-                    if now >= next_probe:
-                        activity.heartbeat(last)
-                        probes.add(asyncio.create_task(_probe_health(client, url)))
-                        next_probe = now + HEALTH_POLL_SECONDS
-                    wait = min(next_probe, deadline) - now
-                    if not probes:
-                        await asyncio.sleep(wait)
-                        continue
-                    done, probes = await asyncio.wait(probes, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                    for probe in done:
-                        healthy, last = probe.result()
-                        if healthy:
-                            return
-            finally:
-                for probe in probes:
-                    probe.cancel()
-                await asyncio.gather(*probes, return_exceptions=True)
-
+        try:
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    raise ApplicationError(
+                        f"{what} at {url} not healthy after {data.timeout_seconds:g} s ({last})",
+                        type=f"{what}Unhealthy",
+                    )
+                if data.sandbox_id and now >= next_container_check:
+                    next_container_check = now + CONTAINER_CHECK_SECONDS
+                    await self._fail_if_exited(data.sandbox_id, last)
+                if now >= next_probe:
+                    activity.heartbeat(last)
+                    probes.add(asyncio.create_task(_probe_health(client, url)))
+                    next_probe = now + HEALTH_POLL_SECONDS
+                wait = min(next_probe, deadline) - now
+                if not probes:
+                    await asyncio.sleep(wait)
+                    continue
+                done, probes = await asyncio.wait(probes, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                for probe in done:
+                    healthy, last = probe.result()
+                    if healthy:
+                        return
+        finally:
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
 
     async def _fail_if_exited(self, sandbox_id: str, last: str) -> None:
         """A container that stopped (killed, crashed) will never turn healthy: say so now."""
@@ -237,6 +247,7 @@ async def _probe_health(client: httpx.AsyncClient, url: str) -> tuple[bool, str]
         body = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
         return False, f"{type(exc).__name__}: {exc}"
-    if isinstance(body, dict) and body.get("healthy") is True:
+    # OpenCode answers {"healthy": true}; the ACP gateway {"status": "ok"}.
+    if isinstance(body, dict) and (body.get("healthy") is True or body.get("status") == "ok"):
         return True, "healthy"
     return False, f"HTTP {response.status_code}: {response.text[:200]}"

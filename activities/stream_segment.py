@@ -48,6 +48,10 @@ def backoff_delay(attempt: int, *, rng: Callable[[], float] = random.random) -> 
 class BufferedMirror(Protocol):
     """A mirror that buffers what the stream delivers and writes it in batches."""
 
+    def due_in(self) -> float | None:
+        """Seconds until the buffer is due (0: now); None while it is empty."""
+        ...
+
     async def flush_due(self) -> int:
         """Write the buffer if it waited long enough."""
         ...
@@ -72,7 +76,10 @@ async def segment_companions(
 
     async def flusher() -> None:
         while True:
-            await asyncio.sleep(FLUSH_TICK_SECONDS)
+            # Wake when the buffer falls due, not on the next fixed tick: a change that arrived just
+            # after a tick waited up to two flush intervals before.
+            due_in = mirror.due_in()
+            await asyncio.sleep(FLUSH_TICK_SECONDS if due_in is None else min(due_in, FLUSH_TICK_SECONDS))
             try:
                 async with lock:
                     await mirror.flush_due()

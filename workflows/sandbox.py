@@ -246,6 +246,8 @@ class SandboxWorkflow:
                 "base_url": endpoints.internal_opencode_url,
                 "timeout_seconds": HEALTH_TIMEOUT_SECONDS,
                 "sandbox_id": sandbox_id,
+                # "running" promises both servers: the gateway starts beside OpenCode, not always as fast.
+                "gateway_url": endpoints.internal_acp_url,
             }
             await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))
             credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url)

@@ -229,6 +229,12 @@ class AcpMirror:
         """Flush if something waited longer than the flush interval."""
         return await self.flush() if self.due() else 0
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`flush_due` will write (0: now); None while nothing waits."""
+        if self._dirty_since is None:
+            return None
+        return max(0.0, self._dirty_since + self._interval - self._clock())
+
     def due(self) -> bool:
         """Something waits to be written for longer than the flush interval."""
         return self._dirty_since is not None and self._clock() - self._dirty_since >= self._interval
@@ -388,7 +394,6 @@ class AcpMirror:
         last_turn = max((turn_of(d.key) or 0 for d in drafts), default=0)
         session.conversation = _resumed([d for d in drafts if turn_of(d.key) == last_turn], last_turn)
         session.rebuild_after_turn = False
-
 
     async def _history(self, gateway: AcpGatewayClient, acp_session_id: str) -> list[JSON] | None:
         """The session's history; None while a turn runs. Another history load (409 too) is waited out."""

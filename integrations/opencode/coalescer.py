@@ -174,6 +174,14 @@ class Coalescer:
             return True
         return self._oldest is not None and self._clock() - self._oldest >= self.interval
 
+    def due_in(self) -> float | None:
+        """Seconds until a flush is due (0: now); None while nothing is buffered."""
+        if not self._buffered:
+            return None
+        if self._urgent or self._buffered > self.max_items or self._oldest is None:
+            return 0.0
+        return max(0.0, self._oldest + self.interval - self._clock())
+
     def drain(self) -> list[Operation]:
         """Everything buffered, in order, as independent copies; the buffer is empty afterwards."""
         ops = [op.snapshot() if isinstance(op, MessageChange) else op for op in self._ops]

@@ -280,6 +280,10 @@ class OpenCodeMirror:
             return await self.flush()
         return 0
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`flush_due` will write (0: now); None while nothing waits."""
+        return 0.0 if self._unwritten else self.coalescer.due_in()
+
     async def flush_due(self) -> int:
         """Flush if the oldest buffered change has waited long enough (call on a short timer)."""
         if self.coalescer.due() or self._unwritten:

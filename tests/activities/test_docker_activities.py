@@ -72,16 +72,26 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
     assert started.running and OPENCODE_PORT in started.host_ports
     await env.run(acts.docker_deliver_agent_config, DeliverConfigInput(sandbox_id=sandbox_id, user_id="u1"))
     began = time.monotonic()
+    opencode_url = f"http://127.0.0.1:{started.host_ports[OPENCODE_PORT]}"
+    gateway_url = f"http://127.0.0.1:{started.host_ports[ACP_GATEWAY_PORT]}"
+    # "Running" promises both servers: the wait covers the ACP gateway too.
     await env.run(
         acts.wait_opencode_healthy,
-        WaitHealthyInput(base_url=f"http://127.0.0.1:{started.host_ports[OPENCODE_PORT]}", timeout_seconds=20),
+        WaitHealthyInput(base_url=opencode_url, gateway_url=gateway_url, timeout_seconds=20),
     )
     assert time.monotonic() - began < 20
     assert await env.run(acts.docker_inspect_container, sandbox_id) == started
+    with pytest.raises(ApplicationError) as no_gateway:
+        await env.run(
+            acts.wait_opencode_healthy,
+            WaitHealthyInput(
+                base_url=opencode_url, gateway_url=f"http://127.0.0.1:{_closed_port()}", timeout_seconds=1
+            ),
+        )
+    assert no_gateway.value.type == "GatewayUnhealthy" and not no_gateway.value.non_retryable
 
     # The ACP gateway takes the delivered secret, and only it; the secret is nowhere in `docker inspect`.
     secret = gateway_secret(acts._resources.keys(), sandbox_id)
-    gateway_url = f"http://127.0.0.1:{started.host_ports[ACP_GATEWAY_PORT]}"
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway:
         wrong = await gateway.get("/agents", headers={"Authorization": "Bearer not-the-secret"})
         right = await gateway.get("/agents", headers={"Authorization": f"Bearer {secret}"})

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from integrations.opencode.coalescer import (
     Coalescer,
     MessageChange,
@@ -99,15 +101,18 @@ def test_slow_stream_flushes_every_interval_with_growing_text() -> None:
 def test_due_follows_the_clock_and_the_size_limit() -> None:
     clock = FakeClock()
     coalescer = Coalescer(interval=0.1, max_items=3, clock=clock)
-    assert not coalescer.due()
+    assert not coalescer.due() and coalescer.due_in() is None  # nothing to wait for
     assert not coalescer.add(part_updated(""))
     clock.now += 0.05
     assert not coalescer.due()
+    assert coalescer.due_in() == pytest.approx(0.05)  # the flusher sleeps exactly until then
     clock.now += 0.05
-    assert coalescer.due()
+    assert coalescer.due() and coalescer.due_in() == 0
     coalescer.drain()
+    assert coalescer.due_in() is None
     assert not coalescer.add(delta("a")) and not coalescer.add(delta("b")) and not coalescer.add(delta("c"))
     assert coalescer.add(delta("d"))  # more than max_items buffered
+    assert coalescer.due_in() == 0
 
 
 def test_turn_ending_events_ask_for_an_immediate_flush() -> None:
