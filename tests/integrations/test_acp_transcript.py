@@ -40,12 +40,16 @@ def test_live_and_history_give_the_same_keys_text_and_tools() -> None:
     live = _live()
     replayed = fold_history([USER_CHUNK, *TURN, USER_CHUNK, *TURN])
     live_drafts = [live.drafts[key] for key in sorted(live.drafts)]
-    assert [d.key for d in live_drafts] == [d.key for d in replayed] == [
-        "t000001-0-user",
-        "t000001-1-agent",
-        "t000002-0-user",
-        "t000002-1-agent",
-    ]
+    assert (
+        [d.key for d in live_drafts]
+        == [d.key for d in replayed]
+        == [
+            "t000001-0-user",
+            "t000001-1-agent",
+            "t000002-0-user",
+            "t000002-1-agent",
+        ]
+    )
     for ours, theirs in zip(live_drafts, replayed, strict=True):
         a, b = columns(ours), columns(theirs)
         assert (a.text, a.thinking, a.tool_calls, a.tool_results) == (b.text, b.thinking, b.tool_calls, b.tool_results)
