@@ -12,13 +12,14 @@ from temporalio.worker import Worker
 from activities import build_activities
 from activities.resources import WorkerResources
 from core import temporal
+from core.heap import settle_heap
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from security.keyring import load_keyring
 from store.agent_secrets import EncryptedSecretsProvider
 from store.engine import create_engine, session_factory
 from store.migrate import assert_schema_current
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 from workflows.schedules import ensure_archival_schedule
 
 log = logging.getLogger("agentpod.worker")
@@ -66,12 +67,18 @@ async def run_worker(settings: Settings | None = None) -> None:
             retention_days=settings.activity_retention_days,
         )
         worker = await build_worker(settings, resources)
+        frozen = settle_heap()  # before the first workflow: only process-long objects exist yet
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with worker:
-            log.info("worker polling task queue %r on %s", settings.temporal_task_queue, settings.temporal_address)
+            log.info(
+                "worker polling task queue %r on %s (%d startup objects frozen)",
+                settings.temporal_task_queue,
+                settings.temporal_address,
+                frozen,
+            )
             await stop.wait()
             log.info("shutting down worker")
     finally:

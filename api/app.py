@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RejectNulMiddleware, RequestIdMiddleware
 from api.routes import ROUTERS
 from core import temporal
+from core.heap import settle_heap
 from core.settings import Settings, get_settings
 from notify import create_notifier
 from security.keyring import load_keyring
@@ -51,11 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 trusted_proxies=parse_networks(settings.trusted_proxies),
                 notifier=notifier,
             )
-            # Everything built so far lives as long as the process: move it out of the collector's sight.
-            # A full collection over the ~200,000 startup objects paused requests for 90-160 ms, which
-            # was the whole p99 tail of a chat page (bench/bench_api_latency.py).
-            gc.collect()
-            gc.freeze()
+            settle_heap()  # everything built so far lives as long as the process
             async with running_audit_writer(app, app.state.ctx.sessions):
                 yield
         finally:

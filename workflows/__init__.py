@@ -1,21 +1,6 @@
 """Temporal workflows: pure orchestration. Modules here import only the standard library,
 ``temporalio`` and ``domain`` (never SQLAlchemy, httpx or docker: I/O belongs in ``activities``).
 
-``ALL_WORKFLOWS`` is what the worker registers.
+The worker registers ``workflows.registry.ALL_WORKFLOWS``. This file imports nothing: the sandbox
+runs it again for every workflow it starts.
 """
-
-from __future__ import annotations
-
-from workflows.account_deletion import AccountDeletionWorkflow
-from workflows.acp_sync import AcpSyncWorkflow
-from workflows.archival import ArchivalWorkflow
-from workflows.opencode_sync import OpenCodeSyncWorkflow
-from workflows.sandbox import SandboxWorkflow
-
-ALL_WORKFLOWS: list[type] = [
-    SandboxWorkflow,
-    OpenCodeSyncWorkflow,
-    AcpSyncWorkflow,
-    ArchivalWorkflow,
-    AccountDeletionWorkflow,
-]

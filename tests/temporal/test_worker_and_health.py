@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import pkgutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from core.settings import Settings
 from domain.activity import ActivityEvent
 from store.tables import ActivityLog
 from worker import build_worker
-from workflows import ALL_WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 
 def _defined_in(package: object, predicate: str) -> set[str]:
@@ -56,6 +59,14 @@ def test_worker_registers_every_workflow_and_activity(
     assert registered_activities == _defined_in(activities, "activity")
     registered_workflows = {workflow._Definition.must_from_class(cls).name for cls in ALL_WORKFLOWS}
     assert registered_workflows == _defined_in(workflows, "workflow")
+
+
+def test_a_workflow_module_does_not_pull_in_the_others() -> None:
+    """Temporal's sandbox re-imports a workflow's module (and its package) for every workflow it runs:
+    a sync loop must not carry private copies of the sandbox, deletion and archival workflows."""
+    probe = "import sys, workflows.opencode_sync; print(sorted(m for m in sys.modules if m.startswith('workflows')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(loaded) == ["workflows", "workflows.opencode_sync", "workflows.stream_sync"]
 
 
 async def test_worker_polls_and_health_is_green_with_a_real_dev_server(

@@ -50,9 +50,9 @@ from store.tables import ActivityLog
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from tests.helpers import assert_error, auth_header, sign_up
 from tests.histories import save_history_if_asked
-from workflows import ALL_WORKFLOWS
 from workflows.account_deletion import USER_ATTRIBUTE, AccountDeletionWorkflow
 from workflows.ids import account_deletion_workflow_id, sandbox_workflow_id
+from workflows.registry import ALL_WORKFLOWS
 
 pytestmark = [
     pytest.mark.docker,

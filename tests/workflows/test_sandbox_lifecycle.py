@@ -20,8 +20,8 @@ from tests.docker_helpers import leftovers
 from tests.helpers import assert_error
 from tests.histories import save_history_if_asked
 from tests.workflows.conftest import Stack
-from workflows import ALL_WORKFLOWS
 from workflows.ids import sandbox_workflow_id
+from workflows.registry import ALL_WORKFLOWS
 from workflows.sandbox import SandboxWorkflow
 
 pytestmark = [
