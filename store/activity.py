@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.activity import ActivityEvent
+from store.dialect_insert import dialect_of, insert_for
 from store.tables import ActivityLog
 
 _USER_AGENT_MAX = 512
+_ACTIVITY: Table = ActivityLog.__table__  # type: ignore[assignment]
 
 
 async def record_activity(db: AsyncSession, event: ActivityEvent, *, event_id: str | None = None) -> ActivityLog:
@@ -32,3 +35,21 @@ async def record_activity(db: AsyncSession, event: ActivityEvent, *, event_id: s
     db.add(row)
     await db.flush()
     return row
+
+
+async def record_activity_once(db: AsyncSession, event: ActivityEvent, *, event_id: str) -> None:
+    """:func:`record_activity` with an ``event_id``, in one statement and without loading the row.
+
+    For the chat mirror, which records a reply on every turn inside its write transaction.
+    """
+    stmt = insert_for(dialect_of(db), _ACTIVITY).values(
+        id=event_id,
+        user_id=event.user_id,
+        action=event.action,
+        entity_type=event.entity_type,
+        entity_id=event.entity_id,
+        metadata=event.metadata,
+        ip_address=event.ip_address,
+        user_agent=(event.user_agent or "")[:_USER_AGENT_MAX] or None,
+    )
+    await db.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))

@@ -23,14 +23,15 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, RowMapping, Table, and_, bindparam, case, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from domain.activity import ActivityEvent
-from store.activity import record_activity
+from store.activity import record_activity_once
 from store.base import new_id
+from store.dialect_insert import dialect_of, insert_for
 from store.tables.chat import ChatMessage, ChatSession
 from store.write_gate import begin_write
 
@@ -140,22 +141,6 @@ async def lock_sandbox_chats(db: AsyncSession, sandbox_id: str) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _dialect(db: AsyncSession) -> str:
-    dialect = db.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise NotImplementedError(f"chat sync needs PostgreSQL or SQLite, not {dialect}")
-    return dialect
-
-
-def _insert_for(dialect: str, table: Table) -> Any:
-    """The dialect's INSERT construct (both have ``on_conflict_do_update`` / ``excluded``)."""
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
-
-def _insert(db: AsyncSession, table: Table) -> Any:
-    return _insert_for(_dialect(db), table)
-
-
 # A JSON column binds Python None as the JSON value ``null``; the mirror means SQL NULL.
 _JSON_OR_SQL_NULL = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
@@ -178,7 +163,7 @@ def _message_upsert(dialect: str) -> Any:
     values = {
         c: bindparam(f"p_{c}", type_=_JSON_OR_SQL_NULL if c in JSON_COLUMNS else MESSAGES.c[c].type) for c in columns
     }
-    stmt = _insert_for(dialect, MESSAGES).values(missing_upstream_at=None, **values)
+    stmt = insert_for(dialect, MESSAGES).values(missing_upstream_at=None, **values)
     new = stmt.excluded
     updatable = [c for c in (*MESSAGE_COLUMNS, "completed_at") if c != "external_message_id"]
     return stmt.on_conflict_do_update(
@@ -261,7 +246,7 @@ async def ensure_session(
         return found
     key = SESSION_KEY[source]
     stmt = (
-        _insert(db, SESSIONS)
+        insert_for(dialect_of(db), SESSIONS)
         .values(
             id=new_id(),
             sandbox_id=sandbox_id,
@@ -318,7 +303,7 @@ def _session_upsert(dialect: str, key: str) -> Any:
         return bindparam(f"p_{name or column}", type_=SESSIONS.c[column].type)
 
     now = param("updated_at", "now")
-    stmt = _insert_for(dialect, SESSIONS).values(
+    stmt = insert_for(dialect, SESSIONS).values(
         {
             "id": param("id"),
             "sandbox_id": param("sandbox_id"),
@@ -406,7 +391,7 @@ async def upsert_session(
         "p_upstream_updated_at": values.upstream_updated_at,
         "p_now": now,
     }
-    stmt = _session_upsert(_dialect(db), SESSION_KEY[values.source])
+    stmt = _session_upsert(dialect_of(db), SESSION_KEY[values.source])
     row = (await db.execute(stmt, params)).one_or_none()
     if row is not None:
         return SessionWrite(row.id, row.status, written=True)
@@ -455,14 +440,15 @@ async def recompute_session_stats(db: AsyncSession, session_id: str, *, now: dat
         .where(m.session_id == session_id)
         .subquery()
     )
-    columns = [c.name for c in aggregates.c]
-    current = (await db.execute(select(*(SESSIONS.c[c] for c in columns)).where(SESSIONS.c.id == session_id))).one()
-    fresh = (await db.execute(select(aggregates))).one()
-    wanted = dict(zip(columns, fresh, strict=True))
-    if dict(zip(columns, current, strict=True)) == wanted:
-        return False
-    await db.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(**wanted, updated_at=now))
-    return True
+    # One statement (the mirror runs it on every turn): rows whose counters already match are left alone,
+    # so an unchanged session keeps its ``updated_at`` and stays out of the change feed.
+    changed = or_(*(SESSIONS.c[c.name].is_distinct_from(c) for c in aggregates.c))
+    stmt = (
+        update(SESSIONS)
+        .where(SESSIONS.c.id == session_id, changed)
+        .values(**{c.name: c for c in aggregates.c}, updated_at=now)
+    )
+    return bool((await db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- messages
@@ -525,7 +511,7 @@ async def upsert_message(
         return False
     params = {**_message_params(values), "p_id": new_id(), "p_session_id": session_id}
     params["p_created_at"] = params["p_updated_at"] = now
-    stmt = _message_upsert(_dialect(db))
+    stmt = _message_upsert(dialect_of(db))
     return (await db.execute(stmt, params)).first() is not None
 
 
@@ -643,4 +629,4 @@ async def record_reply_received(
     event_id = str(
         uuid.uuid5(uuid.NAMESPACE_URL, f"chat.message_receive:{session_row_id}:{values.external_message_id}")
     )
-    await record_activity(db, event, event_id=event_id)
+    await record_activity_once(db, event, event_id=event_id)

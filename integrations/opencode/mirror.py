@@ -140,6 +140,31 @@ class _BatchWriter:
         self.refs: dict[str, _Ref] = {}
         self.stale: set[str] = set()  # session rows whose counters must be recomputed
         self.touched = 0
+        # Messages the batch will change, per upstream session: read in one query when the first is needed.
+        self._wanted: dict[str, set[str]] = {}
+        self._loaded: dict[tuple[str, str], MessageRow | None] = {}
+
+    def plan(self, ops: Sequence[Operation]) -> None:
+        """Note which stored messages ``ops`` will read, so they load together."""
+        for op in ops:
+            if isinstance(op, MessageChange):
+                self._wanted.setdefault(op.session_id, set()).add(op.message_id)
+
+    async def _editing(self, session_id: str, message_id: str) -> _Ref | None:
+        """The stored session of a message about to be removed or cut: its prefetched copy goes stale."""
+        ref = await self._existing(session_id)
+        if ref is not None:
+            self._loaded.pop((ref.id, message_id), None)
+        return ref
+
+    async def _stored_message(self, ref: _Ref, session_id: str, message_id: str) -> MessageRow | None:
+        key = (ref.id, message_id)
+        if key not in self._loaded:
+            wanted = self._wanted.pop(session_id, set()) | {message_id}
+            rows = await load_messages(self.db, ref.id, wanted)
+            self._loaded.update({(ref.id, wanted_id): rows.get(wanted_id) for wanted_id in wanted})
+        # Taken, not kept: a second change of the same message in this batch must see the first one's write.
+        return self._loaded.pop(key)
 
     async def _existing(self, session_id: str) -> _Ref | None:
         ref = self.refs.get(session_id)
@@ -170,12 +195,12 @@ class _BatchWriter:
         elif isinstance(op, MessageChange):
             await self._message(op)
         elif isinstance(op, MessageRemoved):
-            ref = await self._existing(op.session_id)
+            ref = await self._editing(op.session_id, op.message_id)
             if ref is not None and await remove_message(self.db, session_id=ref.id, external_message_id=op.message_id):
                 self.touched += 1
                 self.stale.add(ref.id)
         elif isinstance(op, PartRemoved):
-            ref = await self._existing(op.session_id)
+            ref = await self._editing(op.session_id, op.message_id)
             if ref is not None and await remove_part(
                 self.db,
                 session_id=ref.id,
@@ -206,7 +231,7 @@ class _BatchWriter:
         ref = await self._ensure(op.session_id)
         if ref.status == "deleted":
             return  # deleted upstream: a straggling event must not add to the frozen history
-        stored = (await load_messages(self.db, ref.id, [op.message_id])).get(op.message_id)
+        stored = await self._stored_message(ref, op.session_id, op.message_id)
         old_info, old_parts = stored_info_parts(stored.values.content if stored else None)
         info = merge_info(old_info, op.info)
         # With no info yet (parts before their message) this stores a placeholder the info fills in later.
@@ -259,6 +284,7 @@ class OpenCodeMirror:
         async with self._sessions() as db:
             await lock_sandbox_chats(db, self.sandbox_id)
             writer = _BatchWriter(db, sandbox_id=self.sandbox_id, user_id=self.user_id, now=self._now())
+            writer.plan(ops)
             for op in ops:
                 await writer.apply(op)
             await writer.finish()

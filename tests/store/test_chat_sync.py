@@ -231,6 +231,25 @@ async def test_counters_follow_errors_aborts_and_removals(
     assert main["total_input_tokens"] == 450
 
 
+async def test_a_part_removed_mid_batch_stays_removed(
+    mirror: OpenCodeMirror, sessions: async_sessionmaker[AsyncSession], owner: Owner
+) -> None:
+    """One batch reads its messages up front; a removal in the middle must not be undone by that read."""
+    events = load("full_chat.events.json")
+    await mirror.apply(events)
+    info = {e["properties"]["info"]["id"]: e for e in events if e["type"] == "message.updated"}
+    part_removed = load("removal.events.json")[0]
+    assert part_removed["properties"]["messageID"] == A1
+    changed = copy.deepcopy(info[A1])
+    changed["properties"]["info"]["tokens"]["output"] += 1
+    # U1 first (so the batch loads U1 and A1 together), then A1 loses its reasoning, then A1 changes again.
+    await mirror.apply([info[U1], part_removed, changed])
+    rows = await stored(sessions, owner)
+    assert rows["messages"][A1]["output_tokens"] == changed["properties"]["info"]["tokens"]["output"]
+    assert rows["messages"][A1]["thinking"] is None
+    assert [p["type"] for p in rows["messages"][A1]["content"]["parts"]] == ["step-start", "text", "step-finish"]
+
+
 async def test_message_before_its_session_and_part_before_its_message(
     mirror: OpenCodeMirror, sessions: async_sessionmaker[AsyncSession], owner: Owner
 ) -> None:

@@ -1,0 +1,26 @@
+"""``INSERT ... ON CONFLICT`` for the two databases the project runs on.
+
+PostgreSQL's and SQLite's insert constructs share ``on_conflict_do_update`` / ``on_conflict_do_nothing``
+and ``excluded``: code written against :func:`insert_for` runs unchanged on both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def dialect_of(db: AsyncSession) -> str:
+    """``postgresql`` or ``sqlite``; anything else raises (upserts need one of the two)."""
+    dialect = db.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"upserts need PostgreSQL or SQLite, not {dialect}")
+    return dialect
+
+
+def insert_for(dialect: str, table: Table) -> Any:
+    """The dialect's INSERT construct."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
