@@ -157,7 +157,7 @@ def audit(
     spec = AuditSpec(action, entity, id_param, public, recorded_by)
     if recorded_by != "request":
 
-        def recorded_elsewhere() -> None:
+        async def recorded_elsewhere() -> None:
             return None
 
         recorded_elsewhere.audit_spec = spec  # type: ignore[attr-defined]
@@ -212,7 +212,7 @@ def not_audited(reason: str) -> Any:
     if not reason.strip():
         raise ValueError("say why the endpoint is not audited")
 
-    def no_audit() -> None:
+    async def no_audit() -> None:
         return None
 
     no_audit.audit_exempt_reason = reason  # type: ignore[attr-defined]

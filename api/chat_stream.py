@@ -58,7 +58,7 @@ class StreamTiming:
     retry_ms: int = 2000
 
 
-def get_stream_timing() -> StreamTiming:
+async def get_stream_timing() -> StreamTiming:
     """The production timing."""
     return StreamTiming()
 

@@ -1,4 +1,8 @@
-"""``Annotated`` dependencies every route uses: context, database session, authenticated caller."""
+"""``Annotated`` dependencies every route uses: context, database session, authenticated caller.
+
+Every dependency is ``async def``, even those that never await: FastAPI runs a plain ``def``
+dependency in its thread pool, one thread hand-off per request for a dict lookup.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from store.tables import AuthSession, Sandbox, User
 from store.users import resolve_token
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     """The process context created at startup."""
     ctx: AppContext = request.app.state.ctx
     return ctx
@@ -29,7 +33,7 @@ def get_context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings(ctx: Context) -> Settings:
+async def get_settings(ctx: Context) -> Settings:
     """The process settings."""
     return ctx.settings
 
@@ -46,7 +50,7 @@ async def get_db(ctx: Context) -> AsyncIterator[AsyncSession]:
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 
 
-def get_temporal(ctx: Context) -> Client:
+async def get_temporal(ctx: Context) -> Client:
     """The Temporal client (lazy: connects on first use)."""
     return ctx.temporal
 
@@ -81,7 +85,7 @@ async def get_current_user(auth: Auth) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def get_client_ip(request: Request, ctx: Context) -> str | None:
+async def get_client_ip(request: Request, ctx: Context) -> str | None:
     """The caller's IP (proxy-aware)."""
     return client_ip(request, ctx.trusted_proxies)
 
@@ -100,7 +104,7 @@ async def get_owned_sandbox(sandbox_id: str, user: CurrentUser, db: DbSession) -
 OwnedSandbox = Annotated[Sandbox, Depends(get_owned_sandbox)]
 
 
-def get_actor(request: Request, ip: ClientIp) -> Actor:
+async def get_actor(request: Request, ip: ClientIp) -> Actor:
     """The caller, as recorded in the audit trail of a sandbox transition."""
     return Actor(kind="user", ip_address=ip, user_agent=request.headers.get("user-agent"))
 

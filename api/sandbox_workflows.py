@@ -65,7 +65,7 @@ class SandboxTransitions:
         return state is not None
 
 
-def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:
+async def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:
     """Dependency: transitions on behalf of the current request."""
     return SandboxTransitions(client, settings, actor)
 

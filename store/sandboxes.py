@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,9 +39,13 @@ def slugify(name: str) -> str:
     return slug or "sandbox"
 
 
+# Built once: every request on a sandbox runs it (see store.users._TOKEN_LOOKUP).
+_OWNED_SANDBOX = select(Sandbox).where(Sandbox.id == bindparam("sandbox_id"), Sandbox.user_id == bindparam("user_id"))
+
+
 async def get_owned(db: AsyncSession, user_id: str, sandbox_id: str) -> Sandbox | None:
     """The sandbox if it exists *and* belongs to ``user_id`` (else None: callers answer 404)."""
-    return await db.scalar(select(Sandbox).where(Sandbox.id == sandbox_id, Sandbox.user_id == user_id))
+    return await db.scalar(_OWNED_SANDBOX, {"sandbox_id": sandbox_id, "user_id": user_id})
 
 
 async def list_owned(db: AsyncSession, user_id: str) -> Sequence[Sandbox]:

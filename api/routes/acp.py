@@ -52,7 +52,7 @@ router = APIRouter(
 AcpGatewayFactory = Callable[[str, Sequence[str]], AcpGatewayClient]
 
 
-def get_acp_factory() -> AcpGatewayFactory:
+async def get_acp_factory() -> AcpGatewayFactory:
     """Builds a gateway client for a base URL and its candidate secrets."""
     return AcpGatewayClient
 

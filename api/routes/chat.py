@@ -77,7 +77,7 @@ class OpenCodeChat(Protocol):
 OpenCodeFactory = Callable[[str], OpenCodeChat]
 
 
-def get_opencode_factory() -> OpenCodeFactory:
+async def get_opencode_factory() -> OpenCodeFactory:
     """Builds an OpenCode client for a base URL."""
     return OpenCodeClient
 

@@ -77,13 +77,13 @@ def channel(user_id: str) -> str:
     return f"preferences:{user_id}"
 
 
-def get_notifier(request: Request) -> Notifier:
+async def get_notifier(request: Request) -> Notifier:
     """The process's notifier (``AppContext.notifier``, started and closed by the app lifespan)."""
     notifier: Notifier = request.app.state.ctx.notifier
     return notifier
 
 
-def get_heartbeat_seconds(settings: SettingsDep) -> float:
+async def get_heartbeat_seconds(settings: SettingsDep) -> float:
     """Idle seconds between stream heartbeats (``AGENTPOD_SSE_HEARTBEAT_SECONDS``)."""
     return settings.sse_heartbeat_seconds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -89,16 +90,18 @@ class ChatMessageOut(ResponseBody):
     @classmethod
     def from_row(cls, row: ChatMessage | Row[Any], *, include_raw: bool = False) -> ChatMessageOut:
         """Build from a row (the hot path of every chat page: one attribute read per column, one validation)."""
-        data: dict[str, Any] = {name: getattr(row, name) for name in _MESSAGE_COLUMNS}
+        # A row's attributes are looked up by name one by one; its dict is built in one go.
+        get = row._asdict().__getitem__ if isinstance(row, Row) else functools.partial(getattr, row)
+        data: dict[str, Any] = {name: get(name) for name in _MESSAGE_COLUMNS}
         data["tokens"] = {
-            "input": row.input_tokens,
-            "output": row.output_tokens,
-            "reasoning": row.reasoning_tokens,
-            "cache_read": row.cache_read_tokens,
-            "cache_write": row.cache_write_tokens,
+            "input": get("input_tokens"),
+            "output": get("output_tokens"),
+            "reasoning": get("reasoning_tokens"),
+            "cache_read": get("cache_read_tokens"),
+            "cache_write": get("cache_write_tokens"),
         }
-        data["missing_upstream"] = row.missing_upstream_at is not None
-        data["content"] = row.content if include_raw else None
+        data["missing_upstream"] = get("missing_upstream_at") is not None
+        data["content"] = get("content") if include_raw else None
         return cls.model_validate(data)
 
 
