@@ -93,11 +93,16 @@ async def get_client_ip(request: Request, ctx: Context) -> str | None:
 ClientIp = Annotated[str | None, Depends(get_client_ip)]
 
 
+def sandbox_not_found() -> NotFound:
+    """The one answer for a sandbox that is missing or someone else's."""
+    return NotFound("sandbox not found", code="sandbox_not_found")
+
+
 async def get_owned_sandbox(sandbox_id: str, user: CurrentUser, db: DbSession) -> Sandbox:
     """The caller's sandbox ``sandbox_id``; another user's sandbox is indistinguishable from none (404)."""
     sandbox = await sandboxes.get_owned(db, user.id, sandbox_id)
     if sandbox is None:
-        raise NotFound("sandbox not found", code="sandbox_not_found")
+        raise sandbox_not_found()
     return sandbox
 
 

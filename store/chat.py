@@ -218,18 +218,35 @@ async def children_of(db: AsyncSession, session: ChatSession, *, limit: int = 10
     return list((await db.scalars(query.order_by(*_SESSION_ORDER).limit(limit))).all())
 
 
-# Built once: every request on a chat session runs it.
-_OWNED_SESSION = select(ChatSession).where(
-    ChatSession.id == bindparam("session_id"),
-    ChatSession.sandbox_id == bindparam("sandbox_id"),
-    ChatSession.user_id == bindparam("user_id"),
+# Built once: every request on a chat session runs it. The sandbox is the outer side so that one
+# query tells a foreign or missing sandbox (no row) from a missing session (a row without one).
+_OWNED_SESSION = (
+    select(Sandbox.id, ChatSession)
+    .select_from(Sandbox)
+    .outerjoin(
+        ChatSession,
+        and_(
+            ChatSession.id == bindparam("session_id"),
+            ChatSession.sandbox_id == Sandbox.id,
+            ChatSession.user_id == Sandbox.user_id,
+        ),
+    )
+    .where(Sandbox.id == bindparam("sandbox_id"), Sandbox.user_id == bindparam("user_id"))
 )
+
+
+async def get_owned_session(
+    db: AsyncSession, user_id: str, sandbox_id: str, session_id: str
+) -> tuple[bool, ChatSession | None]:
+    """(whether ``user_id`` owns sandbox ``sandbox_id``, its session ``session_id`` or None), in one query."""
+    params = {"session_id": session_id, "sandbox_id": sandbox_id, "user_id": user_id}
+    row = (await db.execute(_OWNED_SESSION, params)).first()
+    return (False, None) if row is None else (True, row[1])
 
 
 async def get_session(db: AsyncSession, sandbox: Sandbox, session_id: str) -> ChatSession | None:
     """The session if it belongs to ``sandbox`` (and its owner); None means 404 for the caller."""
-    params = {"session_id": session_id, "sandbox_id": sandbox.id, "user_id": sandbox.user_id}
-    return await db.scalar(_OWNED_SESSION, params)
+    return (await get_owned_session(db, sandbox.user_id, sandbox.id, session_id))[1]
 
 
 async def acp_session_rows(db: AsyncSession, sandbox: Sandbox, acp_session_ids: set[str]) -> list[ChatSession]:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from api.audit import AuditEntry, audit
 from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, StreamTiming, get_stream_timing, relay
-from api.deps import Auth, Context, DbSession, OwnedSandbox, SettingsDep
+from api.deps import Auth, Context, CurrentUser, DbSession, OwnedSandbox, SettingsDep, sandbox_not_found
 from api.errors import ERROR_RESPONSES, ApiError, BadRequest, Conflict, ErrorResponse, NotFound
 from api.schemas.chat import (
     ChatAbortAccepted,
@@ -155,9 +155,14 @@ async def _opencode(clients: OpenCodeFactory, sandbox: Sandbox, public_domain: s
 # --- Shared dependencies and helpers ---------------------------------------------------------------
 
 
-async def get_chat_session(session_id: str, sandbox: OwnedSandbox, db: DbSession) -> ChatSession:
-    """The session ``session_id`` of the caller's sandbox (404 otherwise)."""
-    session = await chat.get_session(db, sandbox, session_id)
+async def get_chat_session(sandbox_id: str, session_id: str, user: CurrentUser, db: DbSession) -> ChatSession:
+    """The session ``session_id`` of the caller's sandbox ``sandbox_id`` (404 naming which is missing).
+
+    One query for both checks (the busiest routes are a session's): not :data:`OwnedSandbox` and then the session.
+    """
+    owns_sandbox, session = await chat.get_owned_session(db, user.id, sandbox_id, session_id)
+    if not owns_sandbox:
+        raise sandbox_not_found()
     if session is None:
         raise NotFound("chat session not found", code="chat_session_not_found")
     return session
