@@ -1,7 +1,7 @@
 """Keep the garbage collector's full passes short and rare in the long-running servers.
 
 CPython's full collection walks every tracked object, however old, and the event loop stands still
-meanwhile. Two measures, both for the API and the worker (figures in docs/benchmarks.md):
+meanwhile. Two measures, both for the API and the worker (figures in docs/fleet-scale.md and docs/benchmarks.md):
 
 * **freeze the startup heap.** Both servers build a few hundred thousand objects at startup (modules,
   pydantic schemas, SQLAlchemy mappers, Temporal's definitions) that live as long as the process.

@@ -422,12 +422,15 @@ async def flag_sessions_missing(db: AsyncSession, session_ids: Collection[str], 
     return int((await db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
 
-async def recompute_session_stats(db: AsyncSession, session_id: str, *, now: datetime) -> bool:
-    """Set a session's counters from its messages (SQL aggregates, same transaction); True if changed.
+@functools.cache
+def _stats_update() -> Any:
+    """The counters' UPDATE, built once (the mirror runs it on every turn) and run with bound parameters.
 
-    ``last_message_at`` is the newest upstream creation time, so back-filled messages sort correctly.
+    One statement: rows whose counters already match are left alone, so an unchanged session keeps its
+    ``updated_at`` and stays out of the change feed.
     """
     m = MESSAGES.c
+    session_id = bindparam("p_session_id", type_=SESSIONS.c.id.type)
     aggregates = (
         select(
             func.count().label("message_count"),
@@ -440,15 +443,23 @@ async def recompute_session_stats(db: AsyncSession, session_id: str, *, now: dat
         .where(m.session_id == session_id)
         .subquery()
     )
-    # One statement (the mirror runs it on every turn): rows whose counters already match are left alone,
-    # so an unchanged session keeps its ``updated_at`` and stays out of the change feed.
     changed = or_(*(SESSIONS.c[c.name].is_distinct_from(c) for c in aggregates.c))
-    stmt = (
+    now = bindparam("p_now", type_=SESSIONS.c.updated_at.type)
+    return (
         update(SESSIONS)
         .where(SESSIONS.c.id == session_id, changed)
         .values(**{c.name: c for c in aggregates.c}, updated_at=now)
     )
-    return bool((await db.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def recompute_session_stats(db: AsyncSession, session_id: str, *, now: datetime) -> bool:
+    """Set a session's counters from its messages (SQL aggregates, same transaction); True if changed.
+
+    ``last_message_at`` is the newest upstream creation time, so back-filled messages sort correctly.
+    """
+    stmt = _stats_update()
+    params = {"p_session_id": session_id, "p_now": now}
+    return bool((await db.execute(stmt, params)).rowcount)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- messages

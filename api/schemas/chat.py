@@ -89,7 +89,7 @@ class ChatMessageOut(ResponseBody):
 
     @classmethod
     def from_row(cls, row: ChatMessage | Row[Any], *, include_raw: bool = False) -> ChatMessageOut:
-        """Build from a row (the hot path of every chat page: one attribute read per column, one validation)."""
+        """Build from a row (the hot path of every chat page: one read per column, one validation)."""
         # A row's attributes are looked up by name one by one; its dict is built in one go.
         get = row._asdict().__getitem__ if isinstance(row, Row) else functools.partial(getattr, row)
         data: dict[str, Any] = {name: get(name) for name in _MESSAGE_COLUMNS}
