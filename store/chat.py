@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from store.base import utcnow
+from store.sqlite_inline import inline_reads
 from store.tables import AuthSession, ChatMessage, ChatSession, Sandbox, User
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -240,7 +241,8 @@ async def get_owned_session(
 ) -> tuple[bool, ChatSession | None]:
     """(whether ``user_id`` owns sandbox ``sandbox_id``, its session ``session_id`` or None), in one query."""
     params = {"session_id": session_id, "sandbox_id": sandbox_id, "user_id": user_id}
-    row = (await db.execute(_OWNED_SESSION, params)).first()
+    with inline_reads():
+        row = (await db.execute(_OWNED_SESSION, params)).first()
     return (False, None) if row is None else (True, row[1])
 
 
@@ -405,29 +407,30 @@ async def message_page(
     """
     if before is not None and after is not None:
         raise ValueError("before and after are exclusive")
-    conn = await db.connection()
-    base = select(*_PAGE_COLUMNS[with_content]).where(_M.session_id == session_id)
-    if after is not None:
-        query = base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1)
-        rows = list((await conn.execute(query)).all())
-        has_newer = len(rows) > limit
-        rows = rows[:limit]
-        # Nothing after the cursor means every message is at or before it.
-        has_older = await _any_message(db, session_id, *([_message_before(MessageKey.of(rows[0]))] if rows else []))
+    with inline_reads():  # index seeks bounded by the LIMIT: cheaper than two thread hand-offs each
+        conn = await db.connection()
+        base = select(*_PAGE_COLUMNS[with_content]).where(_M.session_id == session_id)
+        if after is not None:
+            query = base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1)
+            rows = list((await conn.execute(query)).all())
+            has_newer = len(rows) > limit
+            rows = rows[:limit]
+            # Nothing after the cursor means every message is at or before it.
+            has_older = await _any_message(db, session_id, *([_message_before(MessageKey.of(rows[0]))] if rows else []))
+            return MessagePage(rows, has_older, has_newer)
+        if before is None:
+            newest = {"session_id": session_id, "limit": limit + 1}
+            rows = list((await conn.execute(_NEWEST_PAGE[with_content], newest)).all())
+        else:
+            query = base.where(_message_before(before)).order_by(*_NEWEST_FIRST).limit(limit + 1)
+            rows = list((await conn.execute(query)).all())
+        has_older = len(rows) > limit
+        rows = rows[:limit][::-1]
+        if before is None:
+            has_newer = False
+        else:
+            has_newer = await _any_message(db, session_id, *([_message_after(MessageKey.of(rows[-1]))] if rows else []))
         return MessagePage(rows, has_older, has_newer)
-    if before is None:
-        newest = {"session_id": session_id, "limit": limit + 1}
-        rows = list((await conn.execute(_NEWEST_PAGE[with_content], newest)).all())
-    else:
-        query = base.where(_message_before(before)).order_by(*_NEWEST_FIRST).limit(limit + 1)
-        rows = list((await conn.execute(query)).all())
-    has_older = len(rows) > limit
-    rows = rows[:limit][::-1]
-    if before is None:
-        has_newer = False
-    else:
-        has_newer = await _any_message(db, session_id, *([_message_after(MessageKey.of(rows[-1]))] if rows else []))
-    return MessagePage(rows, has_older, has_newer)
 
 
 # --- Change feed (what the live stream relays) -------------------------------------------------------

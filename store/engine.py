@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from core.settings import get_settings
+from store import sqlite_inline
 from store.write_gate import WriteGatedSession
 
 
@@ -28,21 +32,20 @@ def create_engine(url: str | None = None, **kwargs: Any) -> AsyncEngine:
     """Create the engine for ``url`` (default: the configured database)."""
     url = url or get_settings().resolved_database_url
     if url.startswith("sqlite"):
-        _ensure_sqlite_dir(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        database = _ensure_sqlite_dir(url)
+        # Connections that can run bounded reads on the loop's thread (``store/sqlite_inline.py``).
+        engine = create_async_engine(url, async_creator=partial(sqlite_inline.connect, database, timeout=30), **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
 
 
-def _ensure_sqlite_dir(url: str) -> None:
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if database and database != ":memory:":
+def _ensure_sqlite_dir(url: str) -> str:
+    """The database file of ``url``, its directory created."""
+    database = make_url(url).database or ":memory:"
+    if database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+    return database
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.sandbox import SandboxStatus, SandboxUrls
 from domain.sandbox_import import LabelledSandbox
 from store.base import utcnow
+from store.sqlite_inline import inline_reads
 from store.tables import ContainerAddon, ContainerFlavor, ResourceTier, Sandbox, User, UserPreferences
 
 SLUG_MAX = 48
@@ -45,7 +46,8 @@ _OWNED_SANDBOX = select(Sandbox).where(Sandbox.id == bindparam("sandbox_id"), Sa
 
 async def get_owned(db: AsyncSession, user_id: str, sandbox_id: str) -> Sandbox | None:
     """The sandbox if it exists *and* belongs to ``user_id`` (else None: callers answer 404)."""
-    return await db.scalar(_OWNED_SANDBOX, {"sandbox_id": sandbox_id, "user_id": user_id})
+    with inline_reads():
+        return await db.scalar(_OWNED_SANDBOX, {"sandbox_id": sandbox_id, "user_id": user_id})
 
 
 async def list_owned(db: AsyncSession, user_id: str) -> Sequence[Sandbox]:

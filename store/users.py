@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from security.tokens import new_token, token_digest
 from store.base import utcnow
+from store.sqlite_inline import inline_reads
 from store.tables import AuthSession, User
 
 
@@ -82,7 +83,8 @@ async def resolve_token(
 ) -> tuple[User, AuthSession] | None:
     """The user and session behind a live token: not expired, not revoked, account not locked."""
     now = now or utcnow()
-    row = (await db.execute(_TOKEN_LOOKUP, {"token_hash": token_digest(token), "now": now})).first()
+    with inline_reads():
+        row = (await db.execute(_TOKEN_LOOKUP, {"token_hash": token_digest(token), "now": now})).first()
     return (row[0], row[1]) if row else None
 
 
