@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, exists, false, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -98,7 +99,8 @@ def _after_desc_nulls_last(
 
 
 def _after_asc_nulls_last(
-    column: InstrumentedAttribute[datetime | None] | ColumnElement[datetime | None], value: datetime | None
+    column: InstrumentedAttribute[datetime | None] | ColumnElement[datetime | None],
+    value: datetime | ColumnElement[Any] | None,
 ) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """(strictly after, equal) for ``column ASC NULLS LAST``."""
     if value is None:
@@ -107,7 +109,8 @@ def _after_asc_nulls_last(
 
 
 def _before_asc_nulls_last(
-    column: InstrumentedAttribute[datetime | None] | ColumnElement[datetime | None], value: datetime | None
+    column: InstrumentedAttribute[datetime | None] | ColumnElement[datetime | None],
+    value: datetime | ColumnElement[Any] | None,
 ) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """(strictly before, equal) for ``column ASC NULLS LAST``."""
     if value is None:
@@ -345,32 +348,59 @@ class MessageKey:
         return cls(_from_micros(data.get("t")), _text(data, "x"))
 
 
-# The page query is the API's busiest read: it is built from the table's columns (the ORM attributes'
-# operators cost a fifth of a page's CPU) and run on the connection, past the ORM's result machinery.
+# The page queries are the API's busiest reads: built once per shape from the table's columns (the ORM
+# attributes' operators, and building a statement and its cache key per call, cost a fifth of a page's
+# CPU) and run on the connection, past the ORM's result machinery. A cursor's values are parameters.
 _M = ChatMessage.__table__.c
 _PAGE_COLUMNS = {True: tuple(_M), False: tuple(c for c in _M if c.name != "content")}
-_CHRONOLOGICAL = (_M.upstream_created_at.asc().nulls_last(), _M.external_message_id.asc())
-_NEWEST_FIRST = (_M.upstream_created_at.desc().nulls_first(), _M.external_message_id.desc())
+_ORDER = {
+    "after": (_M.upstream_created_at.asc().nulls_last(), _M.external_message_id.asc()),
+    "before": (_M.upstream_created_at.desc().nulls_first(), _M.external_message_id.desc()),
+}
+Side = Literal["after", "before"]
 
 
-# What the app opens a chat with: built once.
-_NEWEST_PAGE = {
-    with_content: select(*columns)
-    .where(_M.session_id == bindparam("session_id"))
-    .order_by(*_NEWEST_FIRST)
-    .limit(bindparam("limit"))
-    for with_content, columns in _PAGE_COLUMNS.items()
+def _beyond(side: Side, key_has_time: bool) -> ColumnElement[bool]:
+    """Messages strictly after / before the cursor bound as ``t`` (if it has a time) and ``x``."""
+    time: ColumnElement[Any] | None = bindparam("t") if key_has_time else None
+    split = _after_asc_nulls_last if side == "after" else _before_asc_nulls_last
+    strictly, same = split(_M.upstream_created_at, time)
+    comparison = operator.gt if side == "after" else operator.lt
+    return or_(strictly, and_(same, comparison(_M.external_message_id, bindparam("x"))))
+
+
+def _page_query(side: Side, condition: ColumnElement[bool] | None, with_content: bool) -> Select[Any]:
+    query = select(*_PAGE_COLUMNS[with_content]).where(_M.session_id == bindparam("session_id"))
+    query = query if condition is None else query.where(condition)
+    return query.order_by(*_ORDER[side]).limit(bindparam("limit"))
+
+
+# (side, whether the cursor has a time or None without a cursor, with content): every page's shape.
+_PAGES = {
+    (side, has_time, with_content): _page_query(
+        side, None if has_time is None else _beyond(side, has_time), with_content
+    )
+    for side in ("after", "before")
+    for has_time in (None, True, False)
+    for with_content in (True, False)
+}
+# (side, has time) -> whether any message lies beyond the cursor; (side, None): any message at all.
+_ANY_BEYOND = {
+    (side, has_time): select(
+        exists().where(
+            _M.session_id == bindparam("session_id"), *([] if has_time is None else [_beyond(side, has_time)])
+        )
+    )
+    for side in ("after", "before")
+    for has_time in (None, True, False)
 }
 
 
-def _message_after(key: MessageKey) -> ColumnElement[bool]:
-    later, same = _after_asc_nulls_last(_M.upstream_created_at, key.upstream_created_at)
-    return or_(later, and_(same, _M.external_message_id > key.external_message_id))
-
-
-def _message_before(key: MessageKey) -> ColumnElement[bool]:
-    earlier, same = _before_asc_nulls_last(_M.upstream_created_at, key.upstream_created_at)
-    return or_(earlier, and_(same, _M.external_message_id < key.external_message_id))
+def _cursor_params(key: MessageKey | None) -> tuple[bool | None, dict[str, Any]]:
+    if key is None:
+        return None, {}
+    has_time = key.upstream_created_at is not None
+    return has_time, ({"t": key.upstream_created_at} if has_time else {}) | {"x": key.external_message_id}
 
 
 @dataclass
@@ -384,11 +414,6 @@ class MessagePage:
     messages: list[Row[Any]]
     has_older: bool
     has_newer: bool
-
-
-async def _any_message(db: AsyncSession, session_id: str, *conditions: ColumnElement[bool]) -> bool:
-    query = select(exists().where(_M.session_id == session_id, *conditions))
-    return bool((await (await db.connection()).execute(query)).scalar())
 
 
 async def message_page(
@@ -407,30 +432,23 @@ async def message_page(
     """
     if before is not None and after is not None:
         raise ValueError("before and after are exclusive")
+    side: Side = "after" if after is not None else "before"
+    has_time, params = _cursor_params(after if after is not None else before)
     with inline_reads():  # index seeks bounded by the LIMIT: cheaper than two thread hand-offs each
         conn = await db.connection()
-        base = select(*_PAGE_COLUMNS[with_content]).where(_M.session_id == session_id)
-        if after is not None:
-            query = base.where(_message_after(after)).order_by(*_CHRONOLOGICAL).limit(limit + 1)
-            rows = list((await conn.execute(query)).all())
-            has_newer = len(rows) > limit
-            rows = rows[:limit]
-            # Nothing after the cursor means every message is at or before it.
-            has_older = await _any_message(db, session_id, *([_message_before(MessageKey.of(rows[0]))] if rows else []))
-            return MessagePage(rows, has_older, has_newer)
-        if before is None:
-            newest = {"session_id": session_id, "limit": limit + 1}
-            rows = list((await conn.execute(_NEWEST_PAGE[with_content], newest)).all())
-        else:
-            query = base.where(_message_before(before)).order_by(*_NEWEST_FIRST).limit(limit + 1)
-            rows = list((await conn.execute(query)).all())
-        has_older = len(rows) > limit
-        rows = rows[:limit][::-1]
-        if before is None:
-            has_newer = False
-        else:
-            has_newer = await _any_message(db, session_id, *([_message_after(MessageKey.of(rows[-1]))] if rows else []))
-        return MessagePage(rows, has_older, has_newer)
+        query = _PAGES[side, has_time, with_content]
+        rows = list((await conn.execute(query, {"session_id": session_id, "limit": limit + 1, **params})).all())
+        more = len(rows) > limit
+        rows = rows[:limit] if side == "after" else rows[:limit][::-1]
+        if has_time is None:  # the newest page: nothing is newer
+            return MessagePage(rows, has_older=more, has_newer=False)
+        # The other side of the cursor: beyond the page's edge row, or (no rows) anywhere.
+        other: Side = "before" if side == "after" else "after"
+        edge = (rows[0] if side == "after" else rows[-1]) if rows else None
+        edge_has_time, edge_params = _cursor_params(MessageKey.of(edge) if edge is not None else None)
+        any_query = _ANY_BEYOND[other, edge_has_time]
+        found = bool((await conn.execute(any_query, {"session_id": session_id, **edge_params})).scalar())
+    return MessagePage(rows, has_older=found, has_newer=more) if side == "after" else MessagePage(rows, more, found)
 
 
 # --- Change feed (what the live stream relays) -------------------------------------------------------
