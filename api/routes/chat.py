@@ -23,12 +23,12 @@ from api.schemas.chat import (
     ChatAbortAccepted,
     ChatMessageAccepted,
     ChatMessageCreate,
-    ChatMessageOut,
     ChatMessagePage,
     ChatSessionCreate,
     ChatSessionDetail,
     ChatSessionList,
     ChatSessionOut,
+    message_page_data,
 )
 from integrations.opencode.client import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
 from store import chat
@@ -190,7 +190,7 @@ def _upstream_id(session: ChatSession) -> str:
 def _page(page: chat.MessagePage, include_raw: bool, given: str | None) -> dict[str, Any]:
     messages = page.messages
     return {
-        "messages": [ChatMessageOut.from_row(row, include_raw=include_raw) for row in messages],
+        "messages": message_page_data(messages, include_raw=include_raw),
         "older_cursor": MessageKey.of(messages[0]).encode() if messages else given,
         "newer_cursor": MessageKey.of(messages[-1]).encode() if messages else given,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -88,27 +89,41 @@ class ChatMessageOut(ResponseBody):
     content: dict[str, Any] | None = Field(None, description="Raw upstream parts; null unless `include_raw=true`.")
 
     @classmethod
-    def from_row(cls, row: ChatMessage | Row[Any], *, include_raw: bool = False) -> ChatMessageOut:
-        """Build from a row (the hot path of every chat page: one read per column, one validation)."""
-        # A row's attributes are looked up by name one by one; its dict is built in one go.
-        get = row._asdict().__getitem__ if isinstance(row, Row) else functools.partial(getattr, row)
-        data: dict[str, Any] = {name: get(name) for name in _MESSAGE_COLUMNS}
-        data["tokens"] = {
-            "input": get("input_tokens"),
-            "output": get("output_tokens"),
-            "reasoning": get("reasoning_tokens"),
-            "cache_read": get("cache_read_tokens"),
-            "cache_write": get("cache_write_tokens"),
-        }
-        data["missing_upstream"] = get("missing_upstream_at") is not None
-        data["content"] = get("content") if include_raw else None
-        return cls.model_validate(data)
+    def from_row(cls, row: ChatMessage, *, include_raw: bool = False) -> ChatMessageOut:
+        """Build from a stored message."""
+        return cls.model_validate(_message_data(functools.partial(getattr, row), include_raw))
 
 
 # The fields of ChatMessageOut read straight from a chat_messages row (a test keeps the list complete).
 _MESSAGE_COLUMNS = tuple(
     name for name in ChatMessageOut.model_fields if name not in ("tokens", "missing_upstream", "content")
 )
+
+
+def _message_data(get: Callable[[str], Any], include_raw: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {name: get(name) for name in _MESSAGE_COLUMNS}
+    data["tokens"] = {
+        "input": get("input_tokens"),
+        "output": get("output_tokens"),
+        "reasoning": get("reasoning_tokens"),
+        "cache_read": get("cache_read_tokens"),
+        "cache_write": get("cache_write_tokens"),
+    }
+    data["missing_upstream"] = get("missing_upstream_at") is not None
+    data["content"] = get("content") if include_raw else None
+    return data
+
+
+def message_page_data(rows: Sequence[Row[Any]], *, include_raw: bool) -> list[dict[str, Any]]:
+    """A page's rows as the plain data of :class:`ChatMessageOut`, for the page body to validate in one call.
+
+    The hot path of every chat page: the column names are read once per page (a row's ``_asdict`` and
+    a validation per message were a fifth of a page's CPU).
+    """
+    if not rows:
+        return []
+    names = rows[0]._fields
+    return [_message_data(dict(zip(names, row, strict=True)).__getitem__, include_raw) for row in rows]
 
 
 class ChatSessionList(ResponseBody):
