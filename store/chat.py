@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, bindparam, exists, false, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -369,28 +369,25 @@ def _beyond(side: Side, key_has_time: bool) -> ColumnElement[bool]:
     return or_(strictly, and_(same, comparison(_M.external_message_id, bindparam("x"))))
 
 
-def _page_query(side: Side, condition: ColumnElement[bool] | None, with_content: bool) -> Select[Any]:
-    query = select(*_PAGE_COLUMNS[with_content]).where(_M.session_id == bindparam("session_id"))
-    query = query if condition is None else query.where(condition)
-    return query.order_by(*_ORDER[side]).limit(bindparam("limit"))
+def _in_session(side: Side, has_time: bool | None) -> tuple[ColumnElement[bool], ...]:
+    """The session's messages beyond a cursor (``has_time`` None: no cursor, all of them)."""
+    session = _M.session_id == bindparam("session_id")
+    return (session,) if has_time is None else (session, _beyond(side, has_time))
 
 
 # (side, whether the cursor has a time or None without a cursor, with content): every page's shape.
 _PAGES = {
-    (side, has_time, with_content): _page_query(
-        side, None if has_time is None else _beyond(side, has_time), with_content
-    )
+    (side, has_time, with_content): select(*_PAGE_COLUMNS[with_content])
+    .where(*_in_session(side, has_time))
+    .order_by(*_ORDER[side])
+    .limit(bindparam("limit"))
     for side in ("after", "before")
     for has_time in (None, True, False)
     for with_content in (True, False)
 }
 # (side, has time) -> whether any message lies beyond the cursor; (side, None): any message at all.
 _ANY_BEYOND = {
-    (side, has_time): select(
-        exists().where(
-            _M.session_id == bindparam("session_id"), *([] if has_time is None else [_beyond(side, has_time)])
-        )
-    )
+    (side, has_time): select(exists().where(*_in_session(side, has_time)))
     for side in ("after", "before")
     for has_time in (None, True, False)
 }
