@@ -38,6 +38,7 @@ from chaos.client import ApiClient, Stats
 from chaos.journey import Account, Journey
 from chaos.monkey import TARGETS, Monkey, MonkeySettings
 from chaos.processes import Stack
+from integrations.docker_network import host_address
 from security.keyring import generate_entry
 from store.engine import create_engine
 from tests.fakes.fake_llm import MODEL_ID, FakeLLM
@@ -194,9 +195,8 @@ class Run:
         args = self.args
         began = time.monotonic()
         docker_client = docker.from_env()
-        gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-        # Bound to the bridge gateway: reachable from sandbox containers, not from outside the machine.
-        llm = FakeLLM.start(host=gateway)
+        # Bound to the bridge's host address: reachable from sandbox containers, not from outside the machine.
+        llm = FakeLLM.start(host=host_address(docker_client))
         (self.root / "var").mkdir(parents=True)
         database_url = await self.database_url()
         stack = Stack(self.root, self.environment(database_url, llm), workers=args.workers, apis=args.apis)

@@ -27,6 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cli.sandbox_image import build_command, check_sandbox_image
 from core.settings import Settings, get_settings
 
 SEARCH_ATTRIBUTES = ("AgentpodUserId", "AgentpodSandboxId", "AgentpodStatus")
@@ -114,6 +115,8 @@ class _Config:
     namespace: str
     api_host: str
     api_port: int
+    sandbox_image: str
+    docker_host: str | None
 
 
 def _config(settings: Settings, data_dir: Path) -> _Config:
@@ -135,6 +138,8 @@ def _config(settings: Settings, data_dir: Path) -> _Config:
         namespace=settings.temporal_namespace,
         api_host=settings.api_host,
         api_port=settings.api_port,
+        sandbox_image=settings.sandbox_image,
+        docker_host=settings.docker_host or None,
     )
 
 
@@ -157,6 +162,7 @@ def _run(cfg: _Config, children: list[_Child], stop: _Stop) -> int:
     database_url = _migrate()
     console.print(Text(f"  at head: {_redact(database_url)}"))
     _check(stop)
+    image_builder, image_status = _start_image_check(cfg, children)
 
     temporal_log = cfg.data_dir / "logs" / "temporal.log"
     console.print(f"[bold]•[/] starting the Temporal dev server (log: {escape(_shown(temporal_log))}) …")
@@ -169,8 +175,10 @@ def _run(cfg: _Config, children: list[_Child], stop: _Stop) -> int:
     api = _spawn_python("api", "cyan")
     children.append(api)
     _wait_for_port(api, api_probe_host, cfg.api_port, stop, None)
+    if image_builder is not None:
+        image_status = _finish_image_build(image_builder, cfg, children, stop)
 
-    _print_banner(cfg, api_probe_host, database_url, temporal_log)
+    _print_banner(cfg, api_probe_host, database_url, temporal_log, image_status)
 
     while not stop.requested.wait(0.5):
         for child in children:
@@ -182,6 +190,49 @@ def _run(cfg: _Config, children: list[_Child], stop: _Stop) -> int:
                 # Shell convention, so callers can tell a crash from a kill: 128+N for signal N.
                 return code if code > 0 else (128 - code if code < 0 else 1)
     return 0
+
+
+def _start_image_check(cfg: _Config, children: list[_Child]) -> tuple[_Child | None, str]:
+    """Check the sandbox image; start building it when missing. Returns the builder and a status line."""
+    console.print("[bold]•[/] checking the sandbox image …")
+    check = check_sandbox_image(cfg.sandbox_image, cfg.docker_host)
+    if check.state == "ready":
+        console.print(Text(f"  {check.message}"))
+        return None, f"{cfg.sandbox_image} (ready)"
+    if check.state == "unavailable":
+        # One clear line, then the rest of the stack still starts: accounts, settings and chat history work.
+        console.print(Text(f"  {check.message}", style="yellow"))
+        return None, f"not available: {check.message}"
+    console.print(Text(f"  {check.message} beside the rest (first build: a few minutes; cached afterwards)"))
+    env = {**os.environ, **({"DOCKER_HOST": cfg.docker_host} if cfg.docker_host else {})}
+    builder = _spawn_output("image", build_command(check), "yellow", env)
+    children.append(builder)
+    return builder, ""
+
+
+def _finish_image_build(builder: _Child, cfg: _Config, children: list[_Child], stop: _Stop) -> str:
+    """Wait for the image build (the stack is already up); say what happened and how to retry."""
+    console.print("[bold]•[/] waiting for the sandbox image build …")
+    while builder.alive():
+        _check(stop)
+        for child in children:
+            if child is not builder and not child.alive():
+                ended = _how_it_ended(child.proc.returncode)
+                raise DevStackError(f"{child.name} {ended} while the sandbox image was building.")
+        stop.requested.wait(0.2)
+    children.remove(builder)
+    if builder.reader is not None:
+        builder.reader.join(timeout=2)
+    if builder.proc.returncode == 0:
+        return f"{cfg.sandbox_image} (built now)"
+    console.print(
+        Text(
+            f"  building {cfg.sandbox_image} failed ({_how_it_ended(builder.proc.returncode)}, output above): "
+            "sandboxes cannot start until `make image` succeeds; everything else is up.",
+            style="yellow",
+        )
+    )
+    return "missing: build failed, run `make image`"
 
 
 def _migrate() -> str:
@@ -231,12 +282,17 @@ def _start_temporal(cfg: _Config, log_path: Path) -> _Child:
 def _spawn_python(command: str, style: str) -> _Child:
     """Start ``python -m cli <command>`` and stream its output to the console with a prefix."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # lines reach the console as they are written
-    proc = _spawn([sys.executable, "-m", "cli", command], stdout=subprocess.PIPE, env=env)
+    return _spawn_output(command, [sys.executable, "-m", "cli", command], style, env)
+
+
+def _spawn_output(name: str, cmd: list[str], style: str, env: dict[str, str]) -> _Child:
+    """Start ``cmd`` and stream its output to the console, each line prefixed with ``name``."""
+    proc = _spawn(cmd, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
-    prefix = Text(f"{command:<6} │ ", style=style)
-    reader = threading.Thread(target=_pump, args=(prefix, proc.stdout), name=f"{command}-output", daemon=True)
+    prefix = Text(f"{name:<6} │ ", style=style)
+    reader = threading.Thread(target=_pump, args=(prefix, proc.stdout), name=f"{name}-output", daemon=True)
     reader.start()
-    return _Child(command, proc, reader)
+    return _Child(name, proc, reader)
 
 
 def _spawn(cmd: list[str], *, stdout: IO[str] | int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -322,7 +378,7 @@ def _stop_group(group: list[_Child], stop: _Stop) -> None:
             child.proc.wait()
 
 
-def _print_banner(cfg: _Config, api_host: str, database_url: str, temporal_log: Path) -> None:
+def _print_banner(cfg: _Config, api_host: str, database_url: str, temporal_log: Path, image_status: str) -> None:
     host = f"[{api_host}]" if ":" in api_host else api_host
     api_url = f"http://{host}:{cfg.api_port}"
     rows = {
@@ -331,6 +387,7 @@ def _print_banner(cfg: _Config, api_host: str, database_url: str, temporal_log: 
         "Temporal UI": f"http://127.0.0.1:{cfg.temporal_ui_port}",
         "Temporal": f"127.0.0.1:{cfg.temporal_port}, namespace {cfg.namespace}",
         "Database": _redact(database_url),
+        "Sandbox image": image_status,
         "Data": _shown(cfg.data_dir),
         "Logs": f"temporal → {_shown(temporal_log)}; api and worker → this console",
         "Stop": "Ctrl-C",

@@ -355,7 +355,10 @@ class DockerEngine:
                     host_config=host_config,
                 )
             except docker.errors.ImageNotFound as exc:
-                raise ImageMissing(f"image {spec.image} is not on the Docker engine") from exc
+                raise ImageMissing(
+                    f"image {spec.image} is not on the Docker engine: an operator builds it with `make image` "
+                    f"(images/build.sh {spec.image}), then the sandbox can be started again"
+                ) from exc
             except docker.errors.APIError as exc:
                 if _is_conflict(exc):
                     return None

@@ -7,7 +7,7 @@ provider per user is the default (a partial unique index backs this up).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from security.encryption import DecryptionError, context, decrypt, encrypt, hint
 from security.keyring import Keyring
 from store.base import new_id, utcnow
-from store.tables import ProviderCredential
+from store.tables import ProviderCredential, UserOpencodeConfig
 
 API_KEY = "api_key"
 # Columns holding ciphertexts, with the field name each is sealed under.
@@ -137,3 +137,24 @@ async def api_keys(db: AsyncSession, keyring: Keyring, user_id: str) -> dict[str
         except DecryptionError as error:
             raise DecryptionError(f"the stored key of provider {row.provider_id!r}: {error}") from None
     return keys
+
+
+def names_a_model(config: Mapping[str, Any] | None) -> bool:
+    """Whether an ``opencode.json`` picks a model or defines a provider of its own."""
+    return config is not None and bool(config.get("model") or config.get("provider"))
+
+
+async def has_model_source(db: AsyncSession, user_id: str, base_config: Mapping[str, Any]) -> bool:
+    """Whether the user's agent has any model to talk to.
+
+    Without one, OpenCode falls back to its own hosted provider, which a sandbox cannot reach: the
+    turn retries forever and the user sees a reply that never comes. Sources: the installation's
+    agent config, a stored provider key, or a provider or model in the user's OpenCode config.
+    """
+    if names_a_model(base_config):
+        return True
+    key = await db.scalar(select(ProviderCredential.id).where(ProviderCredential.user_id == user_id).limit(1))
+    if key is not None:
+        return True
+    settings = await db.scalar(select(UserOpencodeConfig.settings).where(UserOpencodeConfig.user_id == user_id))
+    return names_a_model(settings)

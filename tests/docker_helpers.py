@@ -9,6 +9,7 @@ import docker
 from docker.errors import DockerException, ImageNotFound
 
 from domain.sandbox import container_name, volume_names
+from integrations.docker_network import host_address
 from tests.fakes.opencode_server import opencode_config
 from tests.requirements import missing
 
@@ -31,8 +32,8 @@ def docker_client() -> Any:
 
 def bridge_agent_config(llm_port: int, **extra: Any) -> dict[str, Any]:
     """An OpenCode config for sandbox containers: the fake LLM on the host, reached through the bridge."""
-    gateway = docker_client().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    return {**opencode_config(f"http://{gateway}:{llm_port}/v1"), **extra}
+    host = host_address(docker_client())
+    return {**opencode_config(f"http://{host}:{llm_port}/v1"), **extra}
 
 
 def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, status
 from api.audit import AuditEntry, audit
 from api.deps import Context, DbSession, OwnedSandbox
 from api.errors import ERROR_RESPONSES, ApiError, Conflict, ErrorResponse, NotFound
-from api.routes.chat import OwnedChatSession
+from api.routes.chat import OwnedChatSession, require_model_source
 from api.schemas.acp import (
     AcpAgentList,
     AcpAgentOut,
@@ -158,6 +158,7 @@ async def prompt(
     """Send a prompt; answers at once (409 while a turn runs)."""
     assert session.acp_session_id is not None
     async with _gateway(ctx, clients, sandbox) as gateway:
+        await require_model_source(db, sandbox, ctx.settings)
         turn = await gateway.prompt(session.acp_session_id, body.text)
     # The prompt text stays in the chat tables; the audit trail records only its size.
     await entry.record(db, sandbox_id=sandbox.id, turn_id=turn.get("turn_id"), chars=len(body.text))

@@ -30,8 +30,9 @@ from api.schemas.chat import (
     ChatSessionOut,
     message_page_data,
 )
+from core.settings import Settings
 from integrations.opencode.client import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
-from store import chat
+from store import chat, providers
 from store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
 from store.tables import ChatSession, Sandbox
 
@@ -150,6 +151,17 @@ async def _opencode(clients: OpenCodeFactory, sandbox: Sandbox, public_domain: s
         ) from None
     finally:
         await client.aclose()
+
+
+async def require_model_source(db: DbSession, sandbox: Sandbox, settings: Settings) -> None:
+    """409 when the agent has no model at all: OpenCode would retry its unreachable default forever."""
+    if not await providers.has_model_source(db, sandbox.user_id, settings.agent_base_config):
+        raise Conflict(
+            "no model provider is set up, so the agent has no model to answer with: add an API key "
+            "(PUT /api/users/me/providers/{provider}) or an OpenAI-compatible provider in your OpenCode "
+            "config (PUT /api/users/me/opencode/config), then restart the sandbox",
+            code="no_model_provider",
+        )
 
 
 # --- Shared dependencies and helpers ---------------------------------------------------------------
@@ -319,6 +331,7 @@ async def send_message(
         provider, model_id = body.model.split("/", 1)
         model = (provider, model_id)
     async with _opencode(clients, sandbox, settings.public_domain) as opencode:
+        await require_model_source(db, sandbox, settings)
         await opencode.prompt_async(upstream_id, body.text, model=model, agent=body.agent, message_id=message_id)
     # The prompt text stays in the chat tables; the audit trail records only its size.
     await entry.record(

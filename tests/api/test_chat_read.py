@@ -530,6 +530,7 @@ async def test_send_message_returns_202_with_an_ascending_opencode_id(
     chat_client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], fake_opencode: FakeOpenCode
 ) -> None:
     headers, user = await new_user(chat_client)
+    await add_provider_key(chat_client, headers)
     sandbox = await new_sandbox(sessions, user)
     session = await new_session(sessions, sandbox, user, opencode_session_id="ses_upstream")
     url = chat_url(sandbox, f"/sessions/{session}/messages")
@@ -601,6 +602,7 @@ async def test_the_longest_message_is_accepted(
     chat_client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], fake_opencode: FakeOpenCode
 ) -> None:
     headers, user = await new_user(chat_client)
+    await add_provider_key(chat_client, headers)
     sandbox = await new_sandbox(sessions, user)
     session = await new_session(sessions, sandbox, user)
     text = "é" * 100_000
@@ -640,6 +642,7 @@ async def test_agent_failures_map_to_the_error_shape(
     app: FastAPI, chat_client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     headers, user = await new_user(chat_client)
+    await add_provider_key(chat_client, headers)
     sandbox = await new_sandbox(sessions, user)
     session = await new_session(sessions, sandbox, user)
     archived_elsewhere = await new_session(sessions, sandbox, user, status="deleted")
@@ -668,6 +671,41 @@ async def test_agent_failures_map_to_the_error_shape(
         assert (
             await db.scalar(select(func.count()).select_from(ActivityLog).where(ActivityLog.action.like("chat.%"))) == 0
         )
+
+
+async def test_a_prompt_with_no_model_provider_says_why_and_reaches_no_agent(
+    chat_client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], fake_opencode: FakeOpenCode
+) -> None:
+    # Without any provider OpenCode falls back to its hosted default, which a sandbox cannot reach:
+    # the reply would spin in retries forever. The user is told why, and what to set up, at once.
+    headers, user = await new_user(chat_client)
+    sandbox = await new_sandbox(sessions, user)
+    session = await new_session(sessions, sandbox, user)
+    url = chat_url(sandbox, f"/sessions/{session}/messages")
+    error = assert_error(await chat_client.post(url, json={"text": "hi"}, headers=headers), 409, "no_model_provider")
+    assert "/api/users/me/providers" in error["message"] and "opencode/config" in error["message"]
+    assert [name for name, _ in fake_opencode.calls if name == "prompt_async"] == []
+
+    # An OpenAI-compatible endpoint of the user's own, in the OpenCode config, is a model source.
+    own = {"provider": {"local": {"npm": "@ai-sdk/openai-compatible", "options": {"baseURL": "http://llm:8080/v1"}}}}
+    saved = await chat_client.put("/api/users/me/opencode/config", json={"settings": own}, headers=headers)
+    assert saved.status_code == 200, saved.text
+    assert (await chat_client.post(url, json={"text": "hi"}, headers=headers)).status_code == 202
+
+    # So is a provider key alone (another user, nothing in their config).
+    headers2, user2 = await new_user(chat_client)
+    sandbox2 = await new_sandbox(sessions, user2)
+    session2 = await new_session(sessions, sandbox2, user2)
+    url2 = chat_url(sandbox2, f"/sessions/{session2}/messages")
+    assert_error(await chat_client.post(url2, json={"text": "hi"}, headers=headers2), 409, "no_model_provider")
+    await add_provider_key(chat_client, headers2)
+    assert (await chat_client.post(url2, json={"text": "hi"}, headers=headers2)).status_code == 202
+
+
+async def add_provider_key(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    """Give the user an API key, so their agent has a model to answer with."""
+    response = await client.put("/api/users/me/providers/openai", json={"api_key": "sk-test-key"}, headers=headers)
+    assert response.status_code in (200, 201), response.text
 
 
 # --- Helpers -----------------------------------------------------------------------------------------

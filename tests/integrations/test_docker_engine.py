@@ -285,7 +285,8 @@ def test_container_removed_behind_our_back(engine: DockerEngine, raw: Any, sandb
 
 @pytest.mark.docker
 def test_missing_image_is_image_missing(engine: DockerEngine, raw: Any, sandbox_id: str) -> None:
-    with pytest.raises(ImageMissing):
+    # The message reaches the user as the sandbox's last_error: it must name the fix.
+    with pytest.raises(ImageMissing, match="make image"):
         engine.ensure_container(make_spec(sandbox_id, image=f"agentpod-sandbox:absent-{uuid.uuid4().hex[:8]}"))
     assert _containers(raw, sandbox_id) == []
 
