@@ -5,15 +5,15 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 # Reinstall only when the dependency list changes, not on every command.
 STAMP    := $(VENV)/.installed
-PACKAGES := api activities workflows core store domain security cli integrations notify gateway chaos worker.py tests
+PACKAGES := api activities workflows agentpod gateway/agentpod_gateway chaos worker.py tests
 
 .PHONY: venv run test lint image bench chaos openapi clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gateway/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e ./gateway -e '.[dev]'
 	touch $@
 
 run: venv ## migrate, then Temporal dev server + UI, worker and API (Ctrl-C stops all)

@@ -11,14 +11,14 @@ from temporalio.worker import Worker
 
 from activities import build_activities
 from activities.resources import WorkerResources
-from core import temporal
-from core.heap import settle_heap
-from core.logging import configure_logging
-from core.settings import Settings, get_settings
-from security.keyring import load_keyring
-from store.agent_secrets import EncryptedSecretsProvider
-from store.engine import create_engine, session_factory
-from store.migrate import assert_schema_current
+from agentpod import temporal
+from agentpod.heap import settle_heap
+from agentpod.logging import configure_logging
+from agentpod.security.keyring import load_keyring
+from agentpod.settings import Settings, get_settings
+from agentpod.store.agent_secrets import EncryptedSecretsProvider
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import assert_schema_current
 from workflows.registry import ALL_WORKFLOWS
 from workflows.schedules import ensure_archival_schedule
 

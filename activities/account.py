@@ -18,10 +18,10 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
-from domain.account import AccountInventory, DeletionRecord, SandboxesDeleted, VerifyInput
-from domain.sandbox import LABEL_PREFIX, Actor, SandboxRecord
-from integrations.docker_engine import DockerEngine
-from store import account
+from agentpod.clients.docker_engine import DockerEngine
+from agentpod.domain.account import AccountInventory, DeletionRecord, SandboxesDeleted, VerifyInput
+from agentpod.domain.sandbox import LABEL_PREFIX, Actor, SandboxRecord
+from agentpod.store import account
 from workflows.sandbox_client import request_transition
 
 T = TypeVar("T")

@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from activities.resources import WorkerResources
-from activities.stream_segment import (
+from agentpod.chat_mirror.acp import AcpMirror
+from agentpod.chat_mirror.segment import (
     HEALTHY_RESET_SECONDS,
     StreamEnded,
     backoff_delay,
@@ -27,11 +28,10 @@ from activities.stream_segment import (
     record_disconnect,
     segment_companions,
 )
-from domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
-from integrations.acp.client import AcpGatewayClient, AcpGatewayError
-from integrations.acp.mirror import AcpMirror
-from security.gateway_secret import gateway_secrets
-from store.acp_sync import load_cursor, save_acp_status
+from agentpod.clients.acp import AcpGatewayClient, AcpGatewayError
+from agentpod.domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
+from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.store.acp_sync import load_cursor, save_acp_status
 
 SILENCE_LIMIT_SECONDS = 45.0
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from activities.resources import WorkerResources
-from domain.activity import ActivityEvent
-from store.activity import record_activity
+from agentpod.domain.activity import ActivityEvent
+from agentpod.store.activity import record_activity
 
 
 class RecordActivityInput(BaseModel):

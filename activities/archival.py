@@ -8,8 +8,8 @@ from typing import Any
 from temporalio import activity
 
 from activities.resources import WorkerResources
-from domain.archival import ArchiveBatchInput, ArchiveBatchResult
-from store.archival import archive_batch
+from agentpod.domain.archival import ArchiveBatchInput, ArchiveBatchResult
+from agentpod.store.archival import archive_batch
 
 
 class ArchivalActivities:

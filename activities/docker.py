@@ -24,14 +24,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
-from domain.sandbox import ContainerSpec, ContainerState
-from integrations.docker_engine import (
+from agentpod.clients.docker_engine import (
     ContainerGone,
     DockerEngine,
     DockerEngineError,
     ImageMissing,
 )
-from security.gateway_secret import gateway_secret
+from agentpod.domain.sandbox import ContainerSpec, ContainerState
+from agentpod.security.gateway_secret import gateway_secret
 
 T = TypeVar("T")
 

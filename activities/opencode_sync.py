@@ -24,7 +24,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.resources import WorkerResources
-from activities.stream_segment import (
+from agentpod.chat_mirror.opencode import OpenCodeMirror
+from agentpod.chat_mirror.segment import (
     HEALTHY_RESET_SECONDS,
     StreamEnded,
     backoff_delay,
@@ -32,7 +33,8 @@ from activities.stream_segment import (
     record_disconnect,
     segment_companions,
 )
-from domain.chat import (
+from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
+from agentpod.domain.chat import (
     ReconcileReport,
     StreamSegmentInput,
     StreamSegmentResult,
@@ -40,9 +42,7 @@ from domain.chat import (
     SyncTarget,
     SyncWorkflowInput,
 )
-from integrations.opencode.client import OpenCodeClient, OpenCodeError
-from integrations.opencode.mirror import OpenCodeMirror
-from store.sync_state import save_sync_status
+from agentpod.store.sync_state import save_sync_status
 from workflows.acp_sync import AcpSyncWorkflow
 from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow

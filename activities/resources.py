@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from core.settings import Settings
-from domain.secrets import NoSecrets, SecretsProvider
-from security.keyring import Keyring, load_keyring
+from agentpod.domain.secrets import NoSecrets, SecretsProvider
+from agentpod.security.keyring import Keyring, load_keyring
+from agentpod.settings import Settings
 
 
 @dataclass

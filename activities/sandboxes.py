@@ -11,8 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
-from core.settings import Settings
-from domain.sandbox import (
+from agentpod.domain.sandbox import (
     ACP_GATEWAY_PORT,
     OPENCODE_PORT,
     ContainerSpec,
@@ -22,8 +21,9 @@ from domain.sandbox import (
     SandboxUrls,
     SetStatusInput,
 )
-from store import sandboxes
-from store.tables import ContainerAddon, ResourceTier, Sandbox
+from agentpod.settings import Settings
+from agentpod.store import sandboxes
+from agentpod.store.tables import ContainerAddon, ResourceTier, Sandbox
 
 _LOCAL_DOMAINS = ("localhost", "127.0.0.1")
 

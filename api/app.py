@@ -8,19 +8,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from agentpod import temporal
+from agentpod.heap import settle_heap
+from agentpod.notify import create_notifier
+from agentpod.security.keyring import load_keyring
+from agentpod.settings import Settings, get_settings
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import assert_schema_current
 from api.audit import running_audit_writer
 from api.client_ip import parse_networks
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RejectNulMiddleware, RequestIdMiddleware
 from api.routes import ROUTERS
-from core import temporal
-from core.heap import settle_heap
-from core.settings import Settings, get_settings
-from notify import create_notifier
-from security.keyring import load_keyring
-from store.engine import create_engine, session_factory
-from store.migrate import assert_schema_current
 
 log = logging.getLogger(__name__)
 

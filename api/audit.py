@@ -40,11 +40,11 @@ from fastapi.routing import APIRoute
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentpod.domain.activity import ActivityEvent
+from agentpod.store.activity import record_activity
 from api.context import AppContext
 from api.deps import Auth, ClientIp, Context
 from api.errors import request_id_of
-from domain.activity import ActivityEvent
-from store.activity import record_activity
 
 log = logging.getLogger(__name__)
 

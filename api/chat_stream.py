@@ -27,10 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
+from agentpod.store import chat
+from agentpod.store.chat import ChangedRow, ChangeKey
+from agentpod.store.tables import ChatSession
 from api.schemas.chat import ChatMessageOut, ChatSessionOut
-from store import chat
-from store.chat import ChangedRow, ChangeKey
-from store.tables import ChatSession
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from agentpod.notify import LocalNotifier, Notifier
+from agentpod.security.keyring import Keyring
+from agentpod.settings import Settings
 from api.client_ip import Network
-from core.settings import Settings
-from notify import LocalNotifier, Notifier
-from security.keyring import Keyring
 
 
 @dataclass

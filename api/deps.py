@@ -15,14 +15,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from agentpod.domain.sandbox import Actor
+from agentpod.settings import Settings
+from agentpod.store import sandboxes
+from agentpod.store.tables import AuthSession, Sandbox, User
+from agentpod.store.users import resolve_token
 from api.client_ip import client_ip
 from api.context import AppContext
 from api.errors import NotFound, Unauthorized
-from core.settings import Settings
-from domain.sandbox import Actor
-from store import sandboxes
-from store.tables import AuthSession, Sandbox, User
-from store.users import resolve_token
 
 
 async def get_context(request: Request) -> AppContext:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
+from agentpod.settings import Settings
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 

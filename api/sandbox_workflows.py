@@ -9,11 +9,11 @@ from fastapi import Depends
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from agentpod.domain.sandbox import Actor, SandboxRecord, SandboxWorkflowState
+from agentpod.settings import Settings
+from agentpod.store.tables import Sandbox
 from api.deps import RequestActor, SettingsDep, TemporalClient
 from api.errors import ApiError, Conflict
-from core.settings import Settings
-from domain.sandbox import Actor, SandboxRecord, SandboxWorkflowState
-from store.tables import Sandbox
 from workflows import sandbox_client
 
 

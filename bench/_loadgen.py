@@ -149,8 +149,8 @@ async def _http_worker(plan: JSON, phase: Phase, rng: random.Random, until: floa
 async def _sql_workers(
     plan: JSON, phase: Phase, rng: random.Random, until: float, counted_from: float
 ) -> list[Samples]:
-    from store import chat
-    from store.engine import create_engine, session_factory
+    from agentpod.store import chat
+    from agentpod.store.engine import create_engine, session_factory
 
     engine = create_engine(plan["database_url"])
     sessions = session_factory(engine)

@@ -24,10 +24,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.resources import WorkerResources
+from agentpod.settings import Settings
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import upgrade_database
 from api.app import create_app
-from core.settings import Settings
-from store.engine import create_engine, session_factory
-from store.migrate import upgrade_database
 from worker import build_worker
 
 SEARCH_ATTRIBUTES = ("AgentpodUserId", "AgentpodSandboxId", "AgentpodStatus")

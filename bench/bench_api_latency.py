@@ -61,13 +61,13 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentpod.security.keyring import generate_entry
+from agentpod.settings import Settings
+from agentpod.store.chat import MessageKey
+from agentpod.store.engine import create_engine
+from agentpod.store.migrate import upgrade_database
+from agentpod.store.tables import ChatMessage, ChatSession, Sandbox
 from bench._result import Result, console
-from core.settings import Settings
-from security.keyring import generate_entry
-from store.chat import MessageKey
-from store.engine import create_engine
-from store.migrate import upgrade_database
-from store.tables import ChatMessage, ChatSession, Sandbox
 
 JSON = dict[str, Any]
 

@@ -42,15 +42,15 @@ from temporalio.worker import Worker
 
 from activities.archival import ArchivalActivities
 from activities.resources import WorkerResources
+from agentpod.domain.archival import ArchivalInput
+from agentpod.settings import Settings
+from agentpod.store.archival import BATCH_SIZES, scrub_metadata
+from agentpod.store.base import utcnow
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import upgrade_database
+from agentpod.store.tables import ActivityLog, ActivityLogArchive
 from bench._result import Result, console
 from bench._stack import temporal_binary
-from core.settings import Settings
-from domain.archival import ArchivalInput
-from store.archival import BATCH_SIZES, scrub_metadata
-from store.base import utcnow
-from store.engine import create_engine, session_factory
-from store.migrate import upgrade_database
-from store.tables import ActivityLog, ActivityLogArchive
 from workflows.archival import ArchivalWorkflow
 
 OLD_ROWS = int(os.environ.get("AGENTPOD_BENCH_ARCHIVAL_ROWS", "1000000"))

@@ -57,15 +57,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from agentpod.domain.chat import SyncTarget, SyncWorkflowInput
+from agentpod.settings import Settings
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import upgrade_database
+from agentpod.store.tables import ChatMessage, ChatSession, Sandbox, User
 from bench._fleet_sim import EVENTS_PER_TURN
 from bench._result import Result, console
 from bench._stack import SEARCH_ATTRIBUTES, temporal_binary
 from bench.bench_sync import _drop_postgres, _scratch_postgres
-from core.settings import Settings
-from domain.chat import SyncTarget, SyncWorkflowInput
-from store.engine import create_engine, session_factory
-from store.migrate import upgrade_database
-from store.tables import ChatMessage, ChatSession, Sandbox, User
 from workflows.ids import sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 
@@ -549,7 +549,7 @@ async def run_fleet(tmp: Path, database_url: str) -> list[Result]:
             "AGENTPOD_TEMPORAL_TASK_QUEUE": queue,
         }
         sized = {**env, "AGENTPOD_WORKER_MAX_ACTIVITIES": str(SANDBOXES + 50)}
-        worker = await start_worker(tmp, "worker", [sys.executable, "-m", "cli", "worker"], sized)
+        worker = await start_worker(tmp, "worker", [sys.executable, "-m", "agentpod.cli", "worker"], sized)
         children.append(worker)
         assert worker.proc.pid is not None and sim.proc.pid is not None and temporal.proc.pid is not None
         monitor.watch("worker", worker.proc.pid)
@@ -624,7 +624,7 @@ async def run_fleet(tmp: Path, database_url: str) -> list[Result]:
         stop_s = await worker.stop()
         if log_notes["counts"]:
             console.print(f"worker log: {log_notes['counts']}")
-        stock = await start_worker(tmp, "stock-worker", [sys.executable, "-m", "cli", "worker"], env)
+        stock = await start_worker(tmp, "stock-worker", [sys.executable, "-m", "agentpod.cli", "worker"], env)
         children.append(stock)
         await asyncio.sleep(STOCK_HOLD_SECONDS)
         stock_held = (await fleet.stats())["sandboxes_connected"]

@@ -38,11 +38,11 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from agentpod.notify import LocalNotifier, Subscription
+from agentpod.settings import Settings
+from agentpod.store.engine import create_engine
+from agentpod.store.migrate import upgrade_database
 from bench._result import Result, console
-from core.settings import Settings
-from notify import LocalNotifier, Subscription
-from store.engine import create_engine
-from store.migrate import upgrade_database
 from tests.notify.servers import STREAM_PATH, serve_process, server_environment
 
 STREAMS = 1000

@@ -41,10 +41,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.service import RPCError
 
+from agentpod.clients.docker_engine import CONFIG_WAIT_SECONDS, DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
+from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, container_name, volume_names
 from bench._result import Result, console, p50
 from bench._stack import Stack, running_stack
-from domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, container_name, volume_names
-from integrations.docker_engine import CONFIG_WAIT_SECONDS, DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
 from workflows.ids import sandbox_workflow_id
 
 IMAGE = "agentpod-sandbox:dev"

@@ -49,12 +49,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from activities.stream_segment import FLUSH_TICK_SECONDS
+from agentpod.chat_mirror.opencode import OpenCodeMirror
+from agentpod.chat_mirror.segment import FLUSH_TICK_SECONDS
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import upgrade_database
+from agentpod.store.tables import ChatMessage, ChatSession, Sandbox, User
 from bench._result import Result, console
-from integrations.opencode.mirror import OpenCodeMirror
-from store.engine import create_engine, session_factory
-from store.migrate import upgrade_database
-from store.tables import ChatMessage, ChatSession, Sandbox, User
 
 JSON = dict[str, Any]
 
@@ -491,7 +491,7 @@ async def _hold_raw(port: int, ready: asyncio.Event, done: asyncio.Event) -> Non
 
 
 async def _hold_client(port: int, ready: asyncio.Event, done: asyncio.Event) -> None:
-    from integrations.opencode.client import OpenCodeClient
+    from agentpod.clients.opencode import OpenCodeClient
 
     async with OpenCodeClient(f"http://127.0.0.1:{port}") as client:
         async for event in client.events():

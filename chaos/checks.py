@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from agentpod.chat_mirror.opencode_mapping import is_final, message_status
+from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
 from chaos.client import ApiClient, GaveUp
 from chaos.journey import SANDBOXES, Account
-from integrations.opencode.client import OpenCodeClient, OpenCodeError
-from integrations.opencode.mapping import is_final, message_status
 
 LABEL_MANAGED = "agentpod.managed"
 LABEL_USER = "agentpod.sandbox.user"

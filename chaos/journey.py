@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
 from chaos.client import ApiClient, GaveUp
-from integrations.opencode.client import OpenCodeClient, OpenCodeError
 
 SANDBOXES = "/api/v2/sandboxes"
 PREFERENCES = "/api/users/me/preferences"

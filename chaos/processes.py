@@ -145,14 +145,14 @@ class Stack:
         base = {**env, "AGENTPOD_TEMPORAL_ADDRESS": self.temporal_address, "PYTHONUNBUFFERED": "1"}
         self.temporal = Managed("temporal", temporal_cmd, base, root, self.logs / "temporal.log", self.temporal_port)
         self.workers = [
-            Managed(f"worker{i}", [python, "-m", "cli", "worker"], base, root, self.logs / f"worker{i}.log")
+            Managed(f"worker{i}", [python, "-m", "agentpod.cli", "worker"], base, root, self.logs / f"worker{i}.log")
             for i in range(workers)
         ]
         self.apis: list[Managed] = []
         for i in range(apis):
             port = free_port()
             api_env = {**base, "AGENTPOD_API_HOST": "127.0.0.1", "AGENTPOD_API_PORT": str(port)}
-            cmd = [python, "-m", "cli", "api"]
+            cmd = [python, "-m", "agentpod.cli", "api"]
             self.apis.append(Managed(f"api{i}", cmd, api_env, root, self.logs / f"api{i}.log", port))
         self._supervisor: asyncio.Task[None] | None = None
         self._paused: set[str] = set()  # processes the monkey has killed and will restart itself
@@ -168,7 +168,7 @@ class Stack:
     def migrate(self) -> None:
         """``agentpod db upgrade`` against the run's database."""
         out = subprocess.run(
-            [sys.executable, "-m", "cli", "db", "upgrade"],
+            [sys.executable, "-m", "agentpod.cli", "db", "upgrade"],
             env={**self.env, "AGENTPOD_TEMPORAL_ADDRESS": self.temporal_address},
             cwd=self.root,
             capture_output=True,

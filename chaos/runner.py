@@ -33,14 +33,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from agentpod.clients.docker_network import host_address
+from agentpod.security.keyring import generate_entry
+from agentpod.store.engine import create_engine
 from chaos.checks import Checker, CheckResult
 from chaos.client import ApiClient, Stats
 from chaos.journey import Account, Journey
 from chaos.monkey import TARGETS, Monkey, MonkeySettings
 from chaos.processes import Stack
-from integrations.docker_network import host_address
-from security.keyring import generate_entry
-from store.engine import create_engine
 from tests.fakes.fake_llm import MODEL_ID, FakeLLM
 
 RESULTS_DIR = Path(__file__).parent / "results"

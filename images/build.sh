@@ -105,7 +105,7 @@ gateway_key() {
 command -v "$GATEWAY_PYTHON" >/dev/null || die "$GATEWAY_PYTHON is needed to build the ACP gateway"
 GATEWAY_KEY="$(gateway_key)"
 GATEWAY_BUILD="$CACHE/gateway/$GATEWAY_KEY/agentpod-gateway"
-GATEWAY_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/gateway/__init__.py")"
+GATEWAY_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/gateway/agentpod_gateway/__init__.py")"
 
 if [[ ! -x "$GATEWAY_BUILD/agentpod-gateway" ]]; then
     venv="$CACHE/gateway/venv-$("$GATEWAY_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-$(sha256sum "$HERE/gateway/requirements.txt" | cut -c1-12)"
@@ -120,7 +120,7 @@ if [[ ! -x "$GATEWAY_BUILD/agentpod-gateway" ]]; then
     work="$(mktemp -d "$CACHE/gateway/tmp.XXXXXX")"
     trap 'rm -rf "$work"' EXIT
     (cd "$REPO" && "$venv/bin/pyinstaller" --onedir --strip --noconfirm --clean --log-level WARN \
-        --name agentpod-gateway --paths "$REPO" --collect-submodules uvicorn \
+        --name agentpod-gateway --paths "$REPO/gateway" --collect-submodules uvicorn \
         --distpath "$work/dist" --workpath "$work/build" --specpath "$work" \
         "$HERE/gateway/entry.py" >&2) || die "PyInstaller failed to build the gateway"
     got="$("$work/dist/agentpod-gateway/agentpod-gateway" --version 2>/dev/null || true)"

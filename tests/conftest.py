@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from agentpod.settings import Settings
+from agentpod.store.engine import create_engine, session_factory
+from agentpod.store.migrate import upgrade_database
 from api.app import create_app
-from core.settings import Settings
-from store.engine import create_engine, session_factory
-from store.migrate import upgrade_database
 from tests.fakes.fake_llm import FakeLLM
 from tests.requirements import missing, postgres_url, venv_binary
 

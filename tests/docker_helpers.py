@@ -8,8 +8,8 @@ from typing import Any
 import docker
 from docker.errors import DockerException, ImageNotFound
 
-from domain.sandbox import container_name, volume_names
-from integrations.docker_network import host_address
+from agentpod.clients.docker_network import host_address
+from agentpod.domain.sandbox import container_name, volume_names
 from tests.fakes.opencode_server import opencode_config
 from tests.requirements import missing
 

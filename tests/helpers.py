@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.tables import Sandbox, User
+from agentpod.store.tables import Sandbox, User
 
 
 def auth_header(token: str) -> dict[str, str]:

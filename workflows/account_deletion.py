@@ -35,7 +35,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError,
 from temporalio.service import RPCError, RPCStatusCode
 
 with workflow.unsafe.imports_passed_through():
-    from domain.account import (
+    from agentpod.domain.account import (
         STEP_TITLES,
         AccountDeletionInput,
         AccountInventory,

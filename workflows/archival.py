@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from domain.archival import ArchivalInput, ArchivalProgress, ArchiveBatchInput, ArchiveBatchResult
+    from agentpod.domain.archival import ArchivalInput, ArchivalProgress, ArchiveBatchInput, ArchiveBatchResult
 
 # The database may be down for a while: keep retrying (capped backoff); the next day's run is
 # skipped while this one is still going (overlap policy), so nothing piles up.

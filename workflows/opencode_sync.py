@@ -17,7 +17,7 @@ from temporalio import workflow
 from workflows.stream_sync import StreamSyncWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from domain.chat import SyncStatus, SyncWorkflowInput
+    from agentpod.domain.chat import SyncStatus, SyncWorkflowInput
 
 
 @workflow.defn

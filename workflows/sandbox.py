@@ -18,9 +18,9 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from domain.activity import ActivityEvent
-    from domain.chat import SyncTarget
-    from domain.sandbox import (
+    from agentpod.domain.activity import ActivityEvent
+    from agentpod.domain.chat import SyncTarget
+    from agentpod.domain.sandbox import (
         ContainerSpec,
         ContainerState,
         DesiredState,

@@ -24,7 +24,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError
 
-from domain.sandbox import (
+from agentpod.domain.sandbox import (
     Actor,
     DesiredState,
     SandboxRecord,

@@ -32,7 +32,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from domain.archival import ArchivalInput, ArchivalProgress, ArchivalRun, ArchivalScheduleStatus
+from agentpod.domain.archival import ArchivalInput, ArchivalProgress, ArchivalRun, ArchivalScheduleStatus
 from workflows.archival import ArchivalWorkflow
 from workflows.ids import ARCHIVAL_SCHEDULE_ID
 

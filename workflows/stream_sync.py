@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from domain.chat import (
+    from agentpod.domain.chat import (
         ReconcileReport,
         StreamSegmentInput,
         StreamSegmentResult,

@@ -16,6 +16,10 @@ from fastapi import APIRouter, Path, status
 from fastapi.responses import StreamingResponse
 from temporalio.service import RPCError
 
+from agentpod.domain.account import DELETION_PHRASE, STEP_TITLES, DeletionStatus, DeletionStep
+from agentpod.security.encryption import mac, mac_matches
+from agentpod.security.keyring import Keyring
+from agentpod.store import account
 from api.audit import audit
 from api.deps import Context, CurrentUser, DbSession, SettingsDep
 from api.errors import ERROR_RESPONSES, ApiError, BadRequest, NotFound
@@ -28,10 +32,6 @@ from api.schemas.account import (
     DeletionStepOut,
 )
 from api.schemas.auth import UserOut
-from domain.account import DELETION_PHRASE, STEP_TITLES, DeletionStatus, DeletionStep
-from security.encryption import mac, mac_matches
-from security.keyring import Keyring
-from store import account
 from workflows.account_deletion import deletion_status, start_deletion
 
 router = APIRouter(prefix="/api/account", tags=["account"], responses=ERROR_RESPONSES)

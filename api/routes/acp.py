@@ -13,6 +13,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, status
 
+from agentpod.clients.acp import (
+    AcpGatewayClient,
+    AcpGatewayConflict,
+    AcpGatewayError,
+    AcpGatewayNotFound,
+    AcpGatewayUnavailable,
+)
+from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.store import chat
+from agentpod.store.acp_sync import claim_session
+from agentpod.store.base import utcnow
+from agentpod.store.chat_sync import lock_sandbox_chats
+from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import AuditEntry, audit
 from api.deps import Context, DbSession, OwnedSandbox
 from api.errors import ERROR_RESPONSES, ApiError, Conflict, ErrorResponse, NotFound
@@ -29,19 +42,6 @@ from api.schemas.acp import (
     AcpTurnAccepted,
 )
 from api.schemas.chat import ChatSessionOut
-from integrations.acp.client import (
-    AcpGatewayClient,
-    AcpGatewayConflict,
-    AcpGatewayError,
-    AcpGatewayNotFound,
-    AcpGatewayUnavailable,
-)
-from security.gateway_secret import gateway_secrets
-from store import chat
-from store.acp_sync import claim_session
-from store.base import utcnow
-from store.chat_sync import lock_sandbox_chats
-from store.tables import ChatSession, Sandbox
 
 router = APIRouter(
     prefix="/api/v2/sandboxes/{sandbox_id}/acp",

@@ -12,6 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
+from agentpod.store import activity_queries
+from agentpod.store.activity_queries import ActivityFilter, ActivityRow, Position
 from api.deps import Context, CurrentUser, DbSession
 from api.errors import ERROR_RESPONSES, BadRequest
 from api.schemas.activity import (
@@ -26,8 +28,6 @@ from api.schemas.activity import (
     decode_cursor,
     encode_cursor,
 )
-from store import activity_queries
-from store.activity_queries import ActivityFilter, ActivityRow, Position
 
 router = APIRouter(prefix="/api/users/me/activity", tags=["activity"], responses=ERROR_RESPONSES)
 

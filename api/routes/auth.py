@@ -7,13 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 
+from agentpod.security.passwords import hash_password, verify_password
+from agentpod.store import users
+from agentpod.store.tables import AuthSession, User
 from api.audit import AuditEntry, audit
 from api.deps import Auth, ClientIp, DbSession, SettingsDep
 from api.errors import ERROR_RESPONSES, Conflict, Forbidden, Unauthorized
 from api.schemas.auth import SignInRequest, SignUpRequest, TokenResponse, UserOut
-from security.passwords import hash_password, verify_password
-from store import users
-from store.tables import AuthSession, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERROR_RESPONSES)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from agentpod.store import catalog
 from api.deps import DbSession
 from api.errors import ERROR_RESPONSES
 from api.schemas.catalog import AddonOut, FlavorOut, TierOut
-from store import catalog
 
 router = APIRouter(prefix="/api/catalog", tags=["catalog"], responses=ERROR_RESPONSES)
 

@@ -15,6 +15,11 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
+from agentpod.clients.opencode import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
+from agentpod.settings import Settings
+from agentpod.store import chat, providers
+from agentpod.store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
+from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import AuditEntry, audit
 from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, StreamTiming, get_stream_timing, relay
 from api.deps import Auth, Context, CurrentUser, DbSession, OwnedSandbox, SettingsDep, sandbox_not_found
@@ -30,11 +35,6 @@ from api.schemas.chat import (
     ChatSessionOut,
     message_page_data,
 )
-from core.settings import Settings
-from integrations.opencode.client import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
-from store import chat, providers
-from store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
-from store.tables import ChatSession, Sandbox
 
 router = APIRouter(
     prefix="/api/v2/sandboxes/{sandbox_id}/chat",

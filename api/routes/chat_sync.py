@@ -10,13 +10,13 @@ from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from agentpod.domain.chat import ReconcileReport, SyncStatus
+from agentpod.store.acp_sync import load_acp_status
+from agentpod.store.sync_state import load_sync_status
+from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import not_audited
 from api.deps import DbSession, OwnedSandbox, TemporalClient
 from api.errors import ERROR_RESPONSES, ApiError, Conflict, NotFound
-from domain.chat import ReconcileReport, SyncStatus
-from store.acp_sync import load_acp_status
-from store.sync_state import load_sync_status
-from store.tables import ChatSession, Sandbox
 from workflows.ids import sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 

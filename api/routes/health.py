@@ -8,9 +8,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Response, status
 
+from agentpod.store.migrate import SchemaOutOfDateError, assert_schema_current
 from api.deps import Context
 from api.schemas.health import ComponentHealth, HealthOut
-from store.migrate import SchemaOutOfDateError, assert_schema_current
 
 log = logging.getLogger(__name__)
 

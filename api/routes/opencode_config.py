@@ -9,6 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
+from agentpod.security.encryption import DecryptionError
+from agentpod.store import opencode_config
+from agentpod.store.tables import UserOpencodeFile
 from api.audit import AuditEntry, audit
 from api.deps import Context, CurrentUser, DbSession
 from api.errors import ERROR_RESPONSES, Conflict, NotFound
@@ -21,9 +24,6 @@ from api.schemas.opencode_config import (
     OpencodeFileSummary,
     OpencodeFileUpdate,
 )
-from security.encryption import DecryptionError
-from store import opencode_config
-from store.tables import UserOpencodeFile
 
 router = APIRouter(prefix="/api/users/me/opencode", tags=["opencode"], responses=ERROR_RESPONSES)
 

@@ -21,6 +21,15 @@ from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentpod.domain.activity import ActivityEvent
+from agentpod.domain.sandbox import Actor
+from agentpod.notify import Notifier
+from agentpod.notify.sse import Versioned, versioned_stream
+from agentpod.store import preferences as prefs
+from agentpod.store.activity import record_activity
+from agentpod.store.sandboxes import CatalogError
+from agentpod.store.tables import User
+from agentpod.store.users import resolve_token
 from api.audit import audit
 from api.deps import Auth, Context, CurrentUser, DbSession, RequestActor, SettingsDep
 from api.errors import (
@@ -43,15 +52,6 @@ from api.schemas.preferences import (
     PreferencesVersionOut,
     SyncStatus,
 )
-from domain.activity import ActivityEvent
-from domain.sandbox import Actor
-from notify import Notifier
-from notify.sse import Versioned, versioned_stream
-from store import preferences as prefs
-from store.activity import record_activity
-from store.sandboxes import CatalogError
-from store.tables import User
-from store.users import resolve_token
 
 log = logging.getLogger(__name__)
 

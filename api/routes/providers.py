@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 
+from agentpod.store import providers
 from api.audit import AuditEntry, audit
 from api.deps import Context, CurrentUser, DbSession
 from api.errors import ERROR_RESPONSES, NotFound
 from api.schemas.providers import PROVIDER_ID_PATTERN, ProviderKeyIn, ProviderList, ProviderOut
-from store import providers
 
 router = APIRouter(prefix="/api/users/me/providers", tags=["providers"], responses=ERROR_RESPONSES)
 

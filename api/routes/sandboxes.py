@@ -6,16 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
+from agentpod.domain.activity import ActivityEvent
+from agentpod.domain.sandbox import Actor
+from agentpod.store import sandboxes
+from agentpod.store.activity import record_activity
+from agentpod.store.tables import Sandbox
 from api.audit import audit
 from api.deps import CurrentUser, DbSession, OwnedSandbox, RequestActor
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict
 from api.sandbox_workflows import Transitions
 from api.schemas.sandboxes import SandboxCreate, SandboxList, SandboxOut, SandboxUpdate
-from domain.activity import ActivityEvent
-from domain.sandbox import Actor
-from store import sandboxes
-from store.activity import record_activity
-from store.tables import Sandbox
 
 router = APIRouter(prefix="/api/v2/sandboxes", tags=["sandboxes"], responses=ERROR_RESPONSES)
 

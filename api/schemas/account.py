@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
+from agentpod.domain.account import DELETION_PHRASE, DeletionState, DeletionStep
 from api.schemas.auth import UserOut
 from api.schemas.base import RequestBody, ResponseBody
-from domain.account import DELETION_PHRASE, DeletionState, DeletionStep
 
 
 class AccountCounts(ResponseBody):

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from agentpod.store.activity_queries import ActivityFilter, Position
 from api.schemas.base import ResponseBody
-from store.activity_queries import ActivityFilter, Position
 
 Action = Annotated[
     str, Field(max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", examples=["sandbox.start"])

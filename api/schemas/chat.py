@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
+from agentpod.store.tables import ChatMessage, ChatSession
 from api.schemas.base import RequestBody, ResponseBody
-from store.tables import ChatMessage, ChatSession
 
 MAX_MESSAGE_CHARS = 100_000
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from agentpod.store.opencode_config import SECRET_SECTIONS
 from api.schemas.base import RequestBody, ResponseBody
-from store.opencode_config import SECRET_SECTIONS
 
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_SETTINGS_DEPTH = 32

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
+from agentpod.store.preferences import DEFAULTS, HISTORY_LIMIT
+from agentpod.store.tables.preferences import AUTO_REFRESH_MAX_SECONDS, AUTO_REFRESH_MIN_SECONDS
 from api.schemas.base import RequestBody, ResponseBody
-from store.preferences import DEFAULTS, HISTORY_LIMIT
-from store.tables.preferences import AUTO_REFRESH_MAX_SECONDS, AUTO_REFRESH_MIN_SECONDS
 
 ThemeMode = Literal["light", "dark", "system"]
 SyncStatus = Literal["current", "behind", "ahead"]

@@ -1,6 +1,6 @@
-"""Entry script PyInstaller freezes into ``agentpod-gateway`` (same as ``python -m gateway``)."""
+"""Entry script PyInstaller freezes into ``agentpod-gateway`` (same as ``python -m agentpod_gateway``)."""
 
-from gateway.__main__ import main
+from agentpod_gateway.__main__ import main
 
 if __name__ == "__main__":
     main()

@@ -17,12 +17,12 @@ import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 
-from domain.sandbox import container_name
-from integrations.acp.client import AcpGatewayClient
-from integrations.acp.transcript import fold_history
-from security.gateway_secret import gateway_secrets
-from security.keyring import load_keyring
-from store.tables import ActivityLog, Sandbox
+from agentpod.chat_mirror.acp_transcript import fold_history
+from agentpod.clients.acp import AcpGatewayClient
+from agentpod.domain.sandbox import container_name
+from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.security.keyring import load_keyring
+from agentpod.store.tables import ActivityLog, Sandbox
 from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, TOOL_COMMAND, FakeLLM
 from tests.helpers import auth_header, sign_up

@@ -18,11 +18,11 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.docker import DeliverConfigInput, DockerActivities, RemoveContainerInput, WaitHealthyInput
 from activities.resources import WorkerResources
-from core.settings import Settings
-from domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT
-from security.gateway_secret import gateway_secret
-from security.keyring import Keyring, generate_entry, parse_key
-from tests.integrations import docker_client, make_spec, new_sandbox_id, purge
+from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT
+from agentpod.security.gateway_secret import gateway_secret
+from agentpod.security.keyring import Keyring, generate_entry, parse_key
+from agentpod.settings import Settings
+from tests.clients import docker_client, make_spec, new_sandbox_id, purge
 
 
 def _activities(tmp_path: Path, docker_host: str = "") -> DockerActivities:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from activities.stream_status import PROGRESS_SECONDS, StatusSaver
-from domain.chat import SyncStatus
+from agentpod.chat_mirror.status import PROGRESS_SECONDS, StatusSaver
+from agentpod.domain.chat import SyncStatus
 
 
 async def test_visible_changes_are_written_at_once_and_progress_at_most_every_interval() -> None:

@@ -15,14 +15,14 @@ from fastapi import FastAPI
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from agentpod.settings import Settings
+from agentpod.store import account
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox, User
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import account as account_routes
 from api.routes import opencode_config as opencode_routes
 from api.routes import providers as provider_routes
-from core.settings import Settings
-from store import account
-from store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox, User
 from tests.helpers import assert_error, auth_header, sign_up
 
 SECRET = "sk-test-EXPORT-0123456789-wxyz"

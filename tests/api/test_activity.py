@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentpod.domain.activity import ActivityEvent
+from agentpod.settings import Settings
+from agentpod.store.tables import ActivityLog, User
 from api.app import create_app
 from api.audit import AuditSpec, AuditWriter, declared_actions
-from core.settings import Settings
-from domain.activity import ActivityEvent
-from store.tables import ActivityLog, User
 from tests.helpers import assert_error, auth_header, sign_up
 
 BASE = "/api/users/me/activity"

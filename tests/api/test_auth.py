@@ -8,9 +8,9 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from security.tokens import token_digest
-from store.base import utcnow
-from store.tables import AuthSession, User
+from agentpod.security.tokens import token_digest
+from agentpod.store.base import utcnow
+from agentpod.store.tables import AuthSession, User
 from tests.helpers import assert_error, auth_header, sign_up
 
 

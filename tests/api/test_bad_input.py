@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.tables import User
+from agentpod.store.tables import User
 from tests.helpers import assert_error
 
 GOOD = {"email": "new@example.com", "password": "long enough password", "name": "New"}

@@ -16,11 +16,11 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
+from agentpod.store import chat as chat_store
+from agentpod.store.base import utcnow
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox
 from api.routes import chat as chat_routes
-from integrations.opencode.client import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
-from store import chat as chat_store
-from store.base import utcnow
-from store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox
 from tests.helpers import assert_error, auth_header, sign_up
 
 T0 = datetime.fromisoformat("2026-03-01T12:00:00+00:00")

@@ -26,11 +26,11 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentpod.store import chat as chat_store
+from agentpod.store.base import utcnow
+from agentpod.store.chat import STREAM_START, ChangeKey, InvalidCursor
+from agentpod.store.tables import ChatMessage, ChatSession
 from api.chat_stream import ChangeFeed, StreamTiming, get_stream_timing
-from store import chat as chat_store
-from store.base import utcnow
-from store.chat import STREAM_START, ChangeKey, InvalidCursor
-from store.tables import ChatMessage, ChatSession
 from tests.api.test_chat_read import add_messages, chat_url, mount_chat, new_sandbox, new_session, new_user
 
 FAST = StreamTiming(heartbeat_seconds=0.4, recheck_seconds=0.2)
@@ -199,9 +199,9 @@ async def test_stream_relays_rows_another_process_writes(
     session = await new_session(sessions, sandbox, user)
     writer = (
         "import asyncio, sys\n"
-        "from store.base import utcnow\n"
-        "from store.engine import create_engine, session_factory\n"
-        "from store.tables import ChatMessage\n"
+        "from agentpod.store.base import utcnow\n"
+        "from agentpod.store.engine import create_engine, session_factory\n"
+        "from agentpod.store.tables import ChatMessage\n"
         "async def main(url, session_id):\n"
         "    engine = create_engine(url)\n"
         "    async with session_factory(engine)() as db:\n"

@@ -14,14 +14,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 
+from agentpod.security.keyring import Keyring
+from agentpod.settings import Settings
+from agentpod.store.agent_secrets import EncryptedSecretsProvider
+from agentpod.store.opencode_config import MAX_FILES
+from agentpod.store.tables import ActivityLog, UserOpencodeConfig
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import opencode_config as opencode_routes
-from core.settings import Settings
-from security.keyring import Keyring
-from store.agent_secrets import EncryptedSecretsProvider
-from store.opencode_config import MAX_FILES
-from store.tables import ActivityLog, UserOpencodeConfig
 from tests.helpers import assert_error, auth_header, sign_up
 
 CONFIG = "/api/users/me/opencode/config"

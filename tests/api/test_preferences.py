@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from agentpod.settings import Settings
+from agentpod.store import preferences as prefs
+from agentpod.store.tables import ActivityLog, ResourceTier, UserPreferences
+from agentpod.store.tables.preferences_history import UserPreferencesHistory
 from api.routes.preferences import get_heartbeat_seconds
-from core.settings import Settings
-from store import preferences as prefs
-from store.tables import ActivityLog, ResourceTier, UserPreferences
-from store.tables.preferences_history import UserPreferencesHistory
 from tests.helpers import assert_error, auth_header, sign_up
 from tests.notify.servers import STREAM_PATH, Device, preferences_app, serve, serve_process, server_environment
 

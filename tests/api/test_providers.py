@@ -13,15 +13,15 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 
+from agentpod.security.encryption import decrypt
+from agentpod.security.keyring import Keyring
+from agentpod.settings import Settings
+from agentpod.store.agent_secrets import EncryptedSecretsProvider
+from agentpod.store.providers import where
+from agentpod.store.tables import ActivityLog, ProviderCredential
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import providers as provider_routes
-from core.settings import Settings
-from security.encryption import decrypt
-from security.keyring import Keyring
-from store.agent_secrets import EncryptedSecretsProvider
-from store.providers import where
-from store.tables import ActivityLog, ProviderCredential
 from tests.helpers import assert_error, auth_header, sign_up
 
 BASE = "/api/users/me/providers"

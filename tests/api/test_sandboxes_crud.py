@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.tables import ActivityLog, Sandbox, UserPreferences
+from agentpod.store.tables import ActivityLog, Sandbox, UserPreferences
 from tests.helpers import assert_error, auth_header, sign_up
 
 BASE = "/api/v2/sandboxes"

@@ -10,12 +10,12 @@ from rich.console import Console
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cli.keys_rotate import pending, rotate, rotate_command
-from core.settings import Settings
-from security.encryption import encrypt, key_id_of
-from security.keyring import Keyring, generate_entry, parse_key
-from store import opencode_config, providers
-from store.tables import ProviderCredential, User, UserOpencodeConfig
+from agentpod.cli.keys_rotate import pending, rotate, rotate_command
+from agentpod.security.encryption import encrypt, key_id_of
+from agentpod.security.keyring import Keyring, generate_entry, parse_key
+from agentpod.settings import Settings
+from agentpod.store import opencode_config, providers
+from agentpod.store.tables import ProviderCredential, User, UserOpencodeConfig
 
 OLD, NEW, LOST = generate_entry("k_1"), generate_entry("k2"), generate_entry("k0")
 BEFORE = Keyring((parse_key(OLD),))

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from cli.sandbox_image import build_command, check_sandbox_image
+from agentpod.cli.sandbox_image import build_command, check_sandbox_image
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client
 
 

@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from cli.sandbox_import import import_from_docker
-from core.settings import Settings
-from domain.sandbox import container_name
-from domain.sandbox_import import from_labels
-from store.tables import Sandbox, User
+from agentpod.cli.sandbox_import import import_from_docker
+from agentpod.domain.sandbox import container_name
+from agentpod.domain.sandbox_import import from_labels
+from agentpod.settings import Settings
+from agentpod.store.tables import Sandbox, User
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from workflows.ids import sandbox_workflow_id
 from workflows.sandbox import SandboxWorkflow

@@ -33,7 +33,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from integrations.opencode.client import JSON, OpenCodeClient
+from agentpod.clients.opencode import JSON, OpenCodeClient
 from tests.fakes.fake_llm import MODEL_ID, FakeLLM
 from tests.requirements import missing
 

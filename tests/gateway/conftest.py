@@ -17,12 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest_asyncio
+from agentpod_gateway.config import AgentSpec
+from agentpod_gateway.core import Gateway
+from agentpod_gateway.events import EventLog
+from agentpod_gateway.http import SecretSource
+from agentpod_gateway.server import GatewayServer
 
-from gateway.config import AgentSpec
-from gateway.core import Gateway
-from gateway.events import EventLog
-from gateway.http import SecretSource
-from gateway.server import GatewayServer
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.opencode_server import free_port, opencode_config
 
@@ -120,7 +120,7 @@ async def client(gw: InProcessGateway) -> AsyncIterator[httpx.AsyncClient]:
 
 
 class GatewayProcess:
-    """``python -m gateway`` as a child process, the way the image runs it (secret from a file)."""
+    """``python -m agentpod_gateway`` as a child process, the way the image runs it (secret from a file)."""
 
     def __init__(self, sandbox: Sandbox, binary: str) -> None:
         self.sandbox = sandbox
@@ -149,7 +149,7 @@ class GatewayProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "gateway",
+                "agentpod_gateway",
                 "--host=127.0.0.1",
                 f"--port={self.port}",
                 f"--secret-file={self.secret_file}",

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentpod_gateway.agents import child_environment
+from agentpod_gateway.config import DEFAULT_AGENTS, load_agents
 from pydantic import ValidationError
-
-from gateway.agents import child_environment
-from gateway.config import DEFAULT_AGENTS, load_agents
 
 
 def test_builtin_agents_are_opencode_acp() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gateway.events import EventLog
+from agentpod_gateway.events import EventLog
 
 
 def parse(chunk: bytes) -> dict[str, str]:

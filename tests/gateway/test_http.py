@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest_asyncio
+from agentpod_gateway.config import AgentSpec
+from agentpod_gateway.core import Gateway
+from agentpod_gateway.http import SecretSource
+from agentpod_gateway.server import GatewayServer
 
-from gateway.config import AgentSpec
-from gateway.core import Gateway
-from gateway.http import SecretSource
-from gateway.server import GatewayServer
 from tests.gateway.conftest import SECRET, auth
 
 # Never started by these tests: every request here is answered before an agent is needed.

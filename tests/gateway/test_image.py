@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.clients import SANDBOX_IMAGE, docker_client
 from tests.gateway.conftest import SECRET, auth
-from tests.integrations import SANDBOX_IMAGE, docker_client
 
 pytestmark = pytest.mark.docker
 

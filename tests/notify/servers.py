@@ -25,11 +25,11 @@ import uvicorn
 from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 
+from agentpod.notify import create_notifier
+from agentpod.security.keyring import generate_entry
+from agentpod.settings import Settings, get_settings
 from api.app import create_app
 from api.routes import preferences
-from core.settings import Settings, get_settings
-from notify import create_notifier
-from security.keyring import generate_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAM_PATH = "/api/users/me/preferences/stream"

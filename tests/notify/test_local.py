@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from notify import MAX_PAYLOAD_BYTES, LocalNotifier, PostgresNotifier, create_notifier
-from notify.base import Subscription
+from agentpod.notify import MAX_PAYLOAD_BYTES, LocalNotifier, PostgresNotifier, create_notifier
+from agentpod.notify.base import Subscription
 
 
 async def test_a_publish_reaches_every_subscriber_of_its_channel_only() -> None:

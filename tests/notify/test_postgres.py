@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from notify import PostgresNotifier, Subscription
-from notify.postgres import pg_channel
-from store.engine import create_engine
+from agentpod.notify import PostgresNotifier, Subscription
+from agentpod.notify.postgres import pg_channel
+from agentpod.store.engine import create_engine
 from tests.requirements import postgres_url
 
 pytestmark = pytest.mark.postgres

@@ -6,8 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from notify import LocalNotifier
-from notify.sse import HEARTBEAT, Event, Versioned, versioned_stream
+from agentpod.notify import LocalNotifier
+from agentpod.notify.sse import HEARTBEAT, Event, Versioned, versioned_stream
 
 
 def test_events_are_framed_as_the_sse_specification_says() -> None:

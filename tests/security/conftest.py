@@ -24,10 +24,10 @@ from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Message
 
+from agentpod.store import users
+from agentpod.store.base import Base
+from agentpod.store.tables import ChatMessage, ChatSession, Sandbox, User
 from api.routes import account as account_routes
-from store import users
-from store.base import Base
-from store.tables import ChatMessage, ChatSession, Sandbox, User
 from tests.helpers import auth_header, sign_up
 
 # Every 4xx/5xx body has exactly this shape (api/errors.py).

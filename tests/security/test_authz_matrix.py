@@ -28,9 +28,9 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
+from agentpod.domain.account import DELETION_PHRASE
+from agentpod.settings import Settings
 from api.app import create_app
-from core.settings import Settings
-from domain.account import DELETION_PHRASE
 from tests.security.conftest import (
     HEALTH,
     SECRET_API_KEY,

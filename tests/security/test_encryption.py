@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from security.encryption import (
+from agentpod.security.encryption import (
     DecryptionError,
     context,
     decrypt,
@@ -18,7 +18,7 @@ from security.encryption import (
     mac_matches,
     reencrypt,
 )
-from security.keyring import Keyring, generate_entry, parse_key
+from agentpod.security.keyring import Keyring, generate_entry, parse_key
 
 K1 = Keyring((parse_key(generate_entry("k1")),))
 K2 = Keyring((parse_key(generate_entry("k2")),))

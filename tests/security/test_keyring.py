@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
-from security.keyring import KeyringError, generate_entry, load_keyring
+from agentpod.security.keyring import KeyringError, generate_entry, load_keyring
+from agentpod.settings import Settings
 
 
 def _settings(tmp_path: Path, **kwargs: object) -> Settings:

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.base import Base
+from agentpod.store.base import Base
 from tests.security.conftest import SECRET_API_KEY, SECRET_MCP_TOKEN, SECRET_PASSWORD
 
 TOKEN_ROUTES = {"/api/auth/sign-up", "/api/auth/sign-in", "/api/auth/refresh"}

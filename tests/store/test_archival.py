@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from domain.archival import ArchivePosition
-from store.archival import ARCHIVE_METADATA_KEYS, archive_batch, scrub_metadata
-from store.tables import ActivityLog, ActivityLogArchive, User
+from agentpod.domain.archival import ArchivePosition
+from agentpod.store.archival import ARCHIVE_METADATA_KEYS, archive_batch, scrub_metadata
+from agentpod.store.tables import ActivityLog, ActivityLogArchive, User
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=90)
@@ -127,8 +127,8 @@ _KILLED_MID_BATCH = textwrap.dedent(
     import asyncio, os, signal, sys
     from datetime import datetime
     from sqlalchemy import event
-    from store.archival import archive_batch
-    from store.engine import create_engine, session_factory
+    from agentpod.store.archival import archive_batch
+    from agentpod.store.engine import create_engine, session_factory
 
     async def main(url, cutoff, limit):
         engine = create_engine(url)

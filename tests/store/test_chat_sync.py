@@ -19,9 +19,9 @@ import pytest_asyncio
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from domain.chat import ReconcileReport
-from integrations.opencode.mirror import OpenCodeMirror, judge_upstream
-from store.tables import ActivityLog, ChatMessage, ChatSession
+from agentpod.chat_mirror.opencode import OpenCodeMirror, judge_upstream
+from agentpod.domain.chat import ReconcileReport
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession
 from tests.helpers import Owner, make_owner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"

@@ -11,14 +11,14 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-import store.tables  # noqa: F401
+import agentpod.store.tables  # noqa: F401
+from agentpod.settings import Settings
+from agentpod.store.base import Base
+from agentpod.store.catalog import list_addons, list_flavors, list_tiers
+from agentpod.store.engine import create_engine
+from agentpod.store.migrate import SchemaOutOfDateError, assert_schema_current, head_revision, upgrade_database
+from agentpod.store.tables import Sandbox, User, UserPreferences
 from api.app import create_app
-from core.settings import Settings
-from store.base import Base
-from store.catalog import list_addons, list_flavors, list_tiers
-from store.engine import create_engine
-from store.migrate import SchemaOutOfDateError, assert_schema_current, head_revision, upgrade_database
-from store.tables import Sandbox, User, UserPreferences
 
 
 async def test_migrations_match_the_models(engine: AsyncEngine) -> None:

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.engine import create_engine
-from store.sqlite_inline import inline_reads
+from agentpod.store.engine import create_engine
+from agentpod.store.sqlite_inline import inline_reads
 
 
 @pytest.fixture

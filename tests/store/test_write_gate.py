@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store import write_gate
-from store.tables import Sandbox, User
-from store.write_gate import begin_write
+from agentpod.store import write_gate
+from agentpod.store.tables import Sandbox, User
+from agentpod.store.write_gate import begin_write
 from tests.helpers import make_owner
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -20,14 +20,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
 
-from activities import stream_segment
 from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
-from core.settings import Settings
-from domain.chat import StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
-from integrations.opencode.client import JSON, OpenCodeClient
-from integrations.opencode.mapping import canonical, ms_to_datetime
-from store.tables import ChatMessage, ChatSession
+from agentpod.chat_mirror import segment as stream_segment
+from agentpod.chat_mirror.opencode_mapping import canonical, ms_to_datetime
+from agentpod.clients.opencode import JSON, OpenCodeClient
+from agentpod.domain.chat import StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
+from agentpod.settings import Settings
+from agentpod.store.tables import ChatMessage, ChatSession
 from tests.helpers import Owner
 
 T = TypeVar("T")

@@ -19,9 +19,9 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowExecutionStatus
 
+from agentpod.clients.opencode import OpenCodeClient
+from agentpod.domain.sandbox import container_name
 from api.routes import ROUTERS
-from domain.sandbox import container_name
-from integrations.opencode.client import OpenCodeClient
 from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, FakeLLM
 from tests.helpers import auth_header, sign_up

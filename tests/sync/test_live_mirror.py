@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.settings import Settings
-from integrations.opencode.client import OpenCodeClient
+from agentpod.clients.opencode import OpenCodeClient
+from agentpod.settings import Settings
 from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_PREAMBLE, FakeLLM
 from tests.fakes.opencode_server import EventTap, OpenCodeProcess
 from tests.helpers import Owner, make_owner

@@ -25,10 +25,10 @@ import workflows
 from activities import build_activities
 from activities.activity_log import ActivityLogActivities, RecordActivityInput
 from activities.resources import WorkerResources
+from agentpod.domain.activity import ActivityEvent
+from agentpod.settings import Settings
+from agentpod.store.tables import ActivityLog
 from api.app import create_app
-from core.settings import Settings
-from domain.activity import ActivityEvent
-from store.tables import ActivityLog
 from worker import build_worker
 from workflows.registry import ALL_WORKFLOWS
 

@@ -20,9 +20,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.resources import WorkerResources
+from agentpod.domain.secrets import NoSecrets, SecretsProvider
+from agentpod.settings import Settings
 from api.app import create_app
-from core.settings import Settings
-from domain.secrets import NoSecrets, SecretsProvider
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from tests.helpers import auth_header, sign_up
 from worker import build_worker

@@ -36,17 +36,17 @@ from temporalio.worker import (
 from activities import build_activities
 from activities.account import AccountActivities
 from activities.resources import WorkerResources
+from agentpod.domain.sandbox import container_name, volume_names
+from agentpod.security.keyring import Keyring, load_keyring
+from agentpod.settings import Settings
+from agentpod.store import account
+from agentpod.store.agent_secrets import EncryptedSecretsProvider
+from agentpod.store.tables import ActivityLog
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import account as account_routes
 from api.routes import opencode_config as opencode_routes
 from api.routes import providers as provider_routes
-from core.settings import Settings
-from domain.sandbox import container_name, volume_names
-from security.keyring import Keyring, load_keyring
-from store import account
-from store.agent_secrets import EncryptedSecretsProvider
-from store.tables import ActivityLog
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from tests.helpers import assert_error, auth_header, sign_up
 from tests.histories import save_history_if_asked

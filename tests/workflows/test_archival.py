@@ -24,10 +24,10 @@ from temporalio.worker import Worker
 
 from activities.archival import ArchivalActivities
 from activities.resources import WorkerResources
-from cli.archive import run_now, show_status
-from core.settings import Settings
-from domain.archival import ArchivalInput, ArchiveBatchInput, ArchiveBatchResult
-from store.tables import ActivityLog, ActivityLogArchive
+from agentpod.cli.archive import run_now, show_status
+from agentpod.domain.archival import ArchivalInput, ArchiveBatchInput, ArchiveBatchResult
+from agentpod.settings import Settings
+from agentpod.store.tables import ActivityLog, ActivityLogArchive
 from workflows.archival import ArchivalWorkflow
 from workflows.schedules import ARCHIVAL_CATCHUP_WINDOW, archival_status, ensure_archival_schedule
 

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from domain.sandbox import SandboxWorkflowState, container_name
-from domain.secrets import AgentCredentials, ProviderAuth
-from store.tables import ActivityLog
+from agentpod.domain.sandbox import SandboxWorkflowState, container_name
+from agentpod.domain.secrets import AgentCredentials, ProviderAuth
+from agentpod.store.tables import ActivityLog
 from tests.docker_helpers import leftovers
 from tests.helpers import assert_error
 from tests.histories import save_history_if_asked

@@ -1,0 +1,451 @@
+"""``AcpMirror``: keeps one sandbox's ACP gateway sessions in our database.
+
+* **Live path** — :meth:`feed` each gateway event; the conversation is folded in memory
+  (:mod:`integrations.acp.transcript`) and :meth:`flush` writes the touched messages in one transaction
+  *together with the id of the last event applied*, so resuming with ``Last-Event-ID`` after any crash
+  neither repeats nor skips an event (chunk appends are not idempotent on their own).
+* **Reconcile** — after a ``reset`` frame (gateway restarted, replay impossible): every session the
+  gateway lists is rebuilt from its history (:meth:`rebuild`); a session whose turn is running is
+  rebuilt right after that turn ends (history is complete only between turns). Sessions the gateway no
+  longer lists are flagged ``missing_upstream_at`` and kept, never deleted.
+
+Writes take the sandbox's chat lock, like the OpenCode mirror's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from agentpod.chat_mirror.acp_transcript import (
+    FINAL_STATUSES,
+    SOURCE,
+    Conversation,
+    Draft,
+    agent_key,
+    columns,
+    fold_history,
+    turn_of,
+    user_key,
+)
+from agentpod.clients.acp import AcpGatewayClient, AcpGatewayConflict, GatewayEvent
+from agentpod.domain.activity import ActivityEvent
+from agentpod.domain.chat import ReconcileReport
+from agentpod.store.acp_sync import acp_sessions, claim_session, latest_key, save_cursor, unfinished_sessions
+from agentpod.store.activity import record_activity
+from agentpod.store.base import utcnow
+from agentpod.store.chat_sync import (
+    MessageRow,
+    MessageValues,
+    flag_sessions_missing,
+    load_messages,
+    lock_sandbox_chats,
+    mark_interrupted,
+    recompute_session_stats,
+    record_reply_received,
+    remove_message,
+    upsert_message,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+FLUSH_INTERVAL = 0.1
+HISTORY_ATTEMPTS = 8
+HISTORY_RETRY_SECONDS = 0.5
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass
+class _Session:
+    row_id: str
+    agent_id: str | None
+    conversation: Conversation
+    rebuild_after_turn: bool = False
+
+
+@dataclass
+class _Pending:
+    """What the next flush writes besides messages: audit events (with idempotent ids)."""
+
+    activity: list[tuple[ActivityEvent, str]] = field(default_factory=list)
+
+
+def message_values(
+    draft: Draft, *, agent_id: str | None, created_at: datetime, completed_at: datetime | None
+) -> MessageValues:
+    """The row for a draft."""
+    cols = columns(draft)
+    status = draft.status
+    return MessageValues(
+        external_message_id=draft.key,
+        source=SOURCE,
+        role=draft.role,
+        content=draft.content,
+        text=cols.text,
+        thinking=cols.thinking,
+        tool_calls=cols.tool_calls,
+        tool_results=cols.tool_results,
+        model_provider=None,
+        model_id=None,
+        agent_id=agent_id,
+        input_tokens=cols.input_tokens,
+        output_tokens=cols.output_tokens,
+        reasoning_tokens=cols.reasoning_tokens,
+        cache_read_tokens=cols.cache_read_tokens,
+        cache_write_tokens=cols.cache_write_tokens,
+        cost=cols.cost,
+        status=status,
+        error_message=cols.error_message,
+        upstream_created_at=created_at,
+        upstream_completed_at=completed_at if status in FINAL_STATUSES else None,
+    )
+
+
+def _resumed(latest: list[Draft], turn: int) -> Conversation:
+    """A conversation positioned after turn ``turn``, whose messages (``latest``) later chunks append to."""
+    keys = {draft.key for draft in latest}
+    last_kind = "agent" if agent_key(turn) in keys else ("user" if keys else None)
+    return Conversation(turn=turn, last_kind=last_kind, drafts={draft.key: draft for draft in latest})
+
+
+def _draft_of(row: MessageRow) -> Draft:
+    return Draft(row.values.external_message_id, row.values.role, copy.deepcopy(row.values.content))
+
+
+class AcpMirror:
+    """Mirror of one sandbox's ACP sessions. Not safe for concurrent calls: the caller serializes them."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        sandbox_id: str,
+        user_id: str,
+        now: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.monotonic,
+        flush_interval: float = FLUSH_INTERVAL,
+    ) -> None:
+        self._db = sessions
+        self.sandbox_id = sandbox_id
+        self.user_id = user_id
+        self._now = now
+        self._clock = clock
+        self._interval = flush_interval
+        self._sessions: dict[str, _Session] = {}
+        self._pending = _Pending()
+        self._dirty_since: float | None = None
+        self.applied_event_id: str | None = None
+        self.committed_event_id: str | None = None
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _session(self, acp_session_id: str, agent_id: str | None = None) -> _Session:
+        found = self._sessions.get(acp_session_id)
+        if found is not None:
+            return found
+        async with self._db() as db:
+            await lock_sandbox_chats(db, self.sandbox_id)
+            row = await claim_session(
+                db,
+                sandbox_id=self.sandbox_id,
+                user_id=self.user_id,
+                acp_session_id=acp_session_id,
+                agent_id=agent_id,
+                now=self._now(),
+            )
+            key = await latest_key(db, row.id)
+            turn = (turn_of(key) or 0) if key else 0
+            stored = await load_messages(db, row.id, [user_key(turn), agent_key(turn)]) if key else {}
+            await db.commit()
+        session = _Session(row.id, agent_id, _resumed([_draft_of(r) for r in stored.values()], turn))
+        self._sessions[acp_session_id] = session
+        return session
+
+    # ------------------------------------------------------------------ live path
+
+    async def feed(self, event: GatewayEvent) -> _Session | None:
+        """Apply one gateway event in memory; returns the session it touched (None for other events)."""
+        data = event.data
+        session_id = data.get("session_id")
+        touched: _Session | None = None
+        if isinstance(session_id, str) and session_id:
+            if event.event == "session_created":
+                touched = await self._session(session_id, str(data.get("agent_id") or "") or None)
+            elif event.event == "turn_start":
+                touched = await self._session(session_id)
+                prompt = data.get("prompt")
+                touched.conversation.start_turn(prompt if isinstance(prompt, list) else [])
+            elif event.event == "session_update" and isinstance(data.get("update"), dict):
+                touched = await self._session(session_id)
+                touched.conversation.apply(data["update"])
+            elif event.event == "session_end_turn":
+                touched = await self._session(session_id)
+                touched.conversation.end_turn(data)
+            elif event.event == "permission_request":
+                touched = await self._session(session_id)
+                self._permission_requested(touched, data)
+        if event.event == "error":
+            log.warning("ACP gateway of %s reports: %s", self.sandbox_id, str(data.get("message"))[:300])
+        if event.id:
+            self.applied_event_id = event.id
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+        return touched
+
+    def _permission_requested(self, session: _Session, data: JSON) -> None:
+        tool = data.get("tool_call") if isinstance(data.get("tool_call"), dict) else {}
+        assert isinstance(tool, dict)
+        options = data.get("options") if isinstance(data.get("options"), list) else []
+        assert isinstance(options, list)
+        request_id = str(data.get("request_id"))
+        event = ActivityEvent(
+            user_id=self.user_id,
+            action="acp.permission_request",
+            entity_type="chat_session",
+            entity_id=session.row_id,
+            metadata={
+                "sandbox_id": self.sandbox_id,
+                "request_id": request_id,
+                "agent_id": data.get("agent_id"),
+                "tool": str(tool.get("title") or "")[:200],
+                "kind": tool.get("kind"),
+                "options": [o.get("optionId") for o in options if isinstance(o, dict)],
+            },
+        )
+        event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"acp.permission_request:{self.sandbox_id}:{request_id}"))
+        self._pending.activity.append((event, event_id))
+
+    async def flush_due(self) -> int:
+        """Flush if something waited longer than the flush interval."""
+        return await self.flush() if self.due() else 0
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`flush_due` will write (0: now); None while nothing waits."""
+        if self._dirty_since is None:
+            return None
+        return max(0.0, self._dirty_since + self._interval - self._clock())
+
+    def due(self) -> bool:
+        """Something waits to be written for longer than the flush interval."""
+        return self._dirty_since is not None and self._clock() - self._dirty_since >= self._interval
+
+    async def flush(self) -> int:
+        """Write every touched message, the audit events and the resume point in one transaction."""
+        work = [(s, s.conversation.take_touched()) for s in self._sessions.values()]
+        work = [(s, drafts) for s, drafts in work if drafts]
+        pending, self._pending = self._pending, _Pending()
+        event_id = self.applied_event_id
+        if not work and not pending.activity and event_id == self.committed_event_id:
+            self._dirty_since = None
+            return 0
+        try:
+            written = await self._write(work, pending, event_id)
+        except BaseException:
+            # Nothing is lost: the same drafts (and events) are written by the next flush.
+            for session, drafts in work:
+                session.conversation.touched[:0] = [d.key for d in drafts]
+            self._pending.activity[:0] = pending.activity
+            raise
+        self.committed_event_id = event_id
+        self._dirty_since = None
+        for session, _ in work:
+            self._forget_old_turns(session)
+        return written
+
+    async def _write(self, work: list[tuple[_Session, list[Draft]]], pending: _Pending, event_id: str | None) -> int:
+        written = 0
+        async with self._db() as db:
+            await lock_sandbox_chats(db, self.sandbox_id)
+            now = self._now()
+            for session, drafts in work:
+                stored = await load_messages(db, session.row_id, [d.key for d in drafts])
+                changed = False
+                for draft in drafts:
+                    row = stored.get(draft.key)
+                    created = row.values.upstream_created_at if row and row.values.upstream_created_at else now
+                    completed = row.values.upstream_completed_at if row and row.values.upstream_completed_at else now
+                    values = message_values(
+                        draft, agent_id=session.agent_id, created_at=created, completed_at=completed
+                    )
+                    if await upsert_message(db, session_id=session.row_id, values=values, now=now, stored=row):
+                        changed = True
+                        written += 1
+                        await record_reply_received(
+                            db, user_id=self.user_id, session_row_id=session.row_id, values=values, stored=row
+                        )
+                if changed:
+                    await recompute_session_stats(db, session.row_id, now=now)
+            for event, activity_id in pending.activity:
+                await record_activity(db, event, event_id=activity_id)
+            await save_cursor(db, self.sandbox_id, event_id)
+            await db.commit()
+        return written
+
+    @staticmethod
+    def _forget_old_turns(session: _Session) -> None:
+        # Only the current turn can still change: keep memory flat however long the conversation.
+        turn = session.conversation.turn
+        keep = {user_key(turn), agent_key(turn)}
+        for key in [k for k in session.conversation.drafts if k not in keep]:
+            del session.conversation.drafts[key]
+
+    def discard_uncommitted(self) -> None:
+        """Forget everything applied since the last commit (the stream resumes from the committed event)."""
+        self._sessions.clear()
+        self._pending = _Pending()
+        self._dirty_since = None
+        self.applied_event_id = self.committed_event_id
+
+    async def commit_cursor(self, event_id: str | None) -> None:
+        """Move the resume point (after a reconcile made replay unnecessary)."""
+        self.applied_event_id = event_id
+        await self.flush()
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, gateway: AcpGatewayClient) -> ReconcileReport:
+        """Rebuild every listed session from its history (running ones after their turn); flag vanished ones."""
+        await self.flush()
+        report = ReconcileReport()
+        listed = [s for s in await gateway.sessions() if isinstance(s, dict) and s.get("session_id")]
+        report.upstream_empty = not listed
+        for info in listed:
+            session = await self._session(str(info["session_id"]), str(info.get("agent_id") or "") or None)
+            if info.get("running"):
+                session.rebuild_after_turn = True
+                report.notes.append(f"{info['session_id']}: turn running, rebuilt when it ends")
+                continue
+            await self.rebuild(gateway, str(info["session_id"]), report)
+        listed_ids = {str(s["session_id"]) for s in listed}
+        async with self._db() as db:
+            ours = await acp_sessions(db, self.sandbox_id)
+        vanished = [row.id for key, row in ours.items() if key not in listed_ids and row.missing_upstream_at is None]
+        if vanished:
+            async with self._db() as db:
+                await lock_sandbox_chats(db, self.sandbox_id)
+                now = self._now()
+                report.sessions_missing_upstream += await flag_sessions_missing(db, vanished, now=now)
+                report.messages_interrupted += await mark_interrupted(db, vanished, now=now)
+                await db.commit()
+            report.notes.append(f"kept {len(vanished)} sessions the gateway no longer lists")
+        return report
+
+    async def rebuild(self, gateway: AcpGatewayClient, acp_session_id: str, report: ReconcileReport) -> None:
+        """Make a session's rows exactly its history (stored statuses, usage and times are kept)."""
+        session = await self._session(acp_session_id)
+        history = await self._history(gateway, acp_session_id)
+        if history is None:
+            session.rebuild_after_turn = True  # a turn started meanwhile: rebuilt when it ends
+            return
+        # Anything buffered for this session is superseded by the history.
+        session.conversation.take_touched()
+        drafts = fold_history(history)
+        started = self._now()
+        async with self._db() as db:
+            await lock_sandbox_chats(db, self.sandbox_id)
+            stored = await load_messages(db, session.row_id)
+            if not drafts and stored:
+                report.notes.append(f"{acp_session_id}: empty history, kept our {len(stored)} messages")
+                await db.commit()
+                session.rebuild_after_turn = False
+                return
+            changed = False
+            previous: datetime | None = None
+            for draft in drafts:
+                row = stored.get(draft.key)
+                _keep_final_state(draft, row)
+                created = row.values.upstream_created_at if row and row.values.upstream_created_at else None
+                if created is None or (previous is not None and created <= previous):
+                    created = (previous + _TICK) if previous is not None else started
+                previous = created
+                completed = row.values.upstream_completed_at if row and row.values.upstream_completed_at else started
+                values = message_values(draft, agent_id=session.agent_id, created_at=created, completed_at=completed)
+                if await upsert_message(db, session_id=session.row_id, values=values, now=started, stored=row):
+                    changed = True
+                    report.messages_upserted += 1
+                    await record_reply_received(
+                        db, user_id=self.user_id, session_row_id=session.row_id, values=values, stored=row
+                    )
+                    if values.status == "interrupted" and (row is None or row.values.status != "interrupted"):
+                        report.messages_interrupted += 1
+                else:
+                    report.unchanged += 1
+            keys = {d.key for d in drafts}
+            for key, row in stored.items():
+                if key in keys or _is_turn_marker(row):
+                    continue
+                await remove_message(db, session_id=session.row_id, external_message_id=key)
+                report.messages_removed += 1
+                changed = True
+            if changed:
+                await recompute_session_stats(db, session.row_id, now=started)
+            await db.commit()
+        report.sessions_upserted += 1
+        last_turn = max((turn_of(d.key) or 0 for d in drafts), default=0)
+        session.conversation = _resumed([d for d in drafts if turn_of(d.key) == last_turn], last_turn)
+        session.rebuild_after_turn = False
+
+    async def _history(self, gateway: AcpGatewayClient, acp_session_id: str) -> list[JSON] | None:
+        """The session's history; None while a turn runs. Another history load (409 too) is waited out."""
+        for attempt in range(HISTORY_ATTEMPTS):
+            try:
+                return await gateway.history(acp_session_id)
+            except AcpGatewayConflict:
+                listed = [s for s in await gateway.sessions() if s.get("session_id") == acp_session_id]
+                if listed and listed[0].get("running"):
+                    return None
+                await asyncio.sleep(HISTORY_RETRY_SECONDS * (attempt + 1))
+        return None
+
+    def pending_rebuilds(self) -> list[str]:
+        """Sessions whose rebuild waits (for a turn's end, or for the gateway to answer)."""
+        return [key for key, session in self._sessions.items() if session.rebuild_after_turn]
+
+    async def repair_unfinished(self, gateway: AcpGatewayClient) -> ReconcileReport:
+        """Rebuild the sessions we hold an unfinished reply of while their agent runs no turn.
+
+        Run when a stream (re)connects, and on the gateway's heartbeat while a rebuild is pending: a
+        rebuild that had to wait lives only in memory, and must not be forgotten.
+        """
+        report = ReconcileReport()
+        async with self._db() as db:
+            unfinished = await unfinished_sessions(db, self.sandbox_id)
+        unfinished |= set(self.pending_rebuilds())
+        if not unfinished:
+            return report
+        idle = {str(s.get("session_id")) for s in await gateway.sessions() if not s.get("running")}
+        for acp_session_id in sorted(unfinished & idle):
+            await self.rebuild(gateway, acp_session_id, report)
+        return report
+
+
+def _keep_final_state(draft: Draft, row: MessageRow | None) -> None:
+    """History carries no status or usage: keep what the live path recorded, else judge it."""
+    if draft.role != "assistant":
+        return
+    stored = row.values.content if row else {}
+    for name in ("usage", "stop_reason", "error"):
+        if name in stored and name not in draft.content:
+            draft.content[name] = stored[name]
+    status = row.values.status if row else None
+    # Not running (or we would not rebuild): an unfinished reply will not be finished any more.
+    draft.content["status"] = status if status in FINAL_STATUSES else ("interrupted" if row else "complete")
+
+
+def _is_turn_marker(row: MessageRow) -> bool:
+    """A reply that ended before the agent said anything (error, cancel): history has no trace of it."""
+    content = row.values.content
+    return row.values.role == "assistant" and not content.get("blocks") and row.values.status in FINAL_STATUSES
+
+
+__all__ = ["AcpMirror", "message_values"]

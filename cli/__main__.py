@@ -1,6 +1,0 @@
-"""``python -m cli``: the ``agentpod`` command, for when the console script is not on PATH."""
-
-from cli import main
-
-if __name__ == "__main__":
-    main()
