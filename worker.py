@@ -19,8 +19,8 @@ from agentpod.settings import Settings, get_settings
 from agentpod.store.agent_secrets import EncryptedSecretsProvider
 from agentpod.store.engine import create_engine, session_factory
 from agentpod.store.migrate import assert_schema_current
+from workflows.archival_client import ensure_archival_schedule
 from workflows.registry import ALL_WORKFLOWS
-from workflows.schedules import ensure_archival_schedule
 
 log = logging.getLogger("agentpod.worker")
 

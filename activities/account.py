@@ -1,30 +1,28 @@
 """Activities of the account-deletion saga. Each is idempotent: Temporal retries, workers die.
 
-Sandboxes are deleted through their own workflows (``request_transition(..., "delete")``), which
-remove container and volumes before the row; only containers no row knows about any more are
+Sandboxes are deleted through their own workflows (``request_transition(..., SandboxTransition.DELETE)``),
+which remove container and volumes before the row; only containers no row knows about any more are
 removed here directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.resources import WorkerResources
-from agentpod.clients.docker_engine import DockerEngine
+from activities.resources import WorkerResources, heartbeating
+from agentpod.domain import contracts
 from agentpod.domain.account import AccountInventory, DeletionRecord, SandboxesDeleted, VerifyInput
-from agentpod.domain.sandbox import LABEL_PREFIX, Actor, SandboxRecord
+from agentpod.domain.sandbox import LABEL_PREFIX, Actor, SandboxRecord, SandboxTransition
 from agentpod.store import account
 from workflows.sandbox_client import request_transition
-
-T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 2.0
 # How long one attempt waits for the sandbox workflows; a retry re-sends (and joins) the deletions.
@@ -40,7 +38,7 @@ class AccountActivities:
         self._settings = resources.settings
         self._sessions = resources.sessions
         self._temporal = resources.temporal
-        self._engine: DockerEngine | None = None
+        self.engine = resources.docker_engine()
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
@@ -55,19 +53,12 @@ class AccountActivities:
             self.record_deletion,
         ]
 
-    @property
-    def engine(self) -> DockerEngine:
-        """The engine client, created on first use."""
-        if self._engine is None:
-            self._engine = DockerEngine(self._settings.docker_host or None)
-        return self._engine
-
     def _client(self) -> Client:
         if self._temporal is None:
             raise ApplicationError("the worker was built without a Temporal client", non_retryable=True)
         return self._temporal
 
-    @activity.defn(name="account_lock")
+    @activity.defn(name=contracts.ACCOUNT_LOCK.name)
     async def lock(self, user_id: str) -> AccountInventory:
         """Lock the account and revoke every token; returns what the account holds (read in the same
         transaction, so a retry after the lock sees the same sandboxes and counts)."""
@@ -81,14 +72,14 @@ class AccountActivities:
             await db.commit()
         return inventory
 
-    @activity.defn(name="account_unlock")
+    @activity.defn(name=contracts.ACCOUNT_UNLOCK.name)
     async def unlock(self, user_id: str) -> None:
         """Compensation: unlock an account whose deletion was cancelled before anything was destroyed."""
         async with self._sessions() as db:
             await account.unlock(db, user_id)
             await db.commit()
 
-    @activity.defn(name="account_anonymize_activity")
+    @activity.defn(name=contracts.ACCOUNT_ANONYMIZE_ACTIVITY.name)
     async def anonymize_activity(self, user_id: str) -> int:
         """Detach the user's activity rows from them; returns how many changed."""
         async with self._sessions() as db:
@@ -96,7 +87,7 @@ class AccountActivities:
             await db.commit()
         return changed
 
-    @activity.defn(name="account_delete_sandboxes")
+    @activity.defn(name=contracts.ACCOUNT_DELETE_SANDBOXES.name)
     async def delete_sandboxes(self, user_id: str) -> SandboxesDeleted:
         """Delete every sandbox through its workflow, then remove any container still labelled with the
         user (one no row knows, e.g. left by a crash of the original system)."""
@@ -108,7 +99,7 @@ class AccountActivities:
             request_transition(
                 client,
                 record,
-                "delete",
+                SandboxTransition.DELETE,
                 actor,
                 task_queue=self._settings.temporal_task_queue,
                 drift_check_seconds=self._settings.sandbox_drift_check_seconds,
@@ -116,7 +107,7 @@ class AccountActivities:
             )
             for record in records
         ]
-        results = await _heartbeating(asyncio.gather(*deletions))
+        results = await heartbeating(asyncio.gather(*deletions), every=HEARTBEAT_SECONDS)
         if any(result is None for result in results):
             raise ApplicationError("sandbox deletions still in progress; asking again", type="SandboxesPending")
         async with self._sessions() as db:
@@ -124,15 +115,15 @@ class AccountActivities:
         if remaining:
             # Created while this step ran (a request already past authentication when the lock came).
             raise ApplicationError(f"{len(remaining)} sandbox(es) appeared meanwhile; deleting again")
-        containers = await _heartbeating(asyncio.to_thread(self.engine.list_managed))
+        containers = await heartbeating(asyncio.to_thread(self.engine.list_managed), every=HEARTBEAT_SECONDS)
         stray = {
             c["labels"][LABEL_SANDBOX] for c in containers if _owned(c, user_id) and c["labels"].get(LABEL_SANDBOX)
         }
         for sandbox_id in sorted(stray):
-            await _heartbeating(asyncio.to_thread(self.engine.remove, sandbox_id, True))
+            await heartbeating(asyncio.to_thread(self.engine.remove, sandbox_id, True), every=HEARTBEAT_SECONDS)
         return SandboxesDeleted(sandbox_ids=[record.id for record in records], orphans_removed=len(stray))
 
-    @activity.defn(name="account_delete_data")
+    @activity.defn(name=contracts.ACCOUNT_DELETE_DATA.name)
     async def delete_data(self, user_id: str) -> dict[str, int]:
         """Delete provider keys, OpenCode config and files, preferences, chat history, links and sessions."""
         async with self._sessions() as db:
@@ -140,7 +131,7 @@ class AccountActivities:
             await db.commit()
         return deleted
 
-    @activity.defn(name="account_delete_user")
+    @activity.defn(name=contracts.ACCOUNT_DELETE_USER.name)
     async def delete_user(self, user_id: str) -> bool:
         """Delete the user row; False while a sandbox row still exists (the workflow goes round again)."""
         async with self._sessions() as db:
@@ -148,12 +139,12 @@ class AccountActivities:
             await db.commit()
         return deleted
 
-    @activity.defn(name="account_verify_deleted")
+    @activity.defn(name=contracts.ACCOUNT_VERIFY_DELETED.name)
     async def verify_deleted(self, data: VerifyInput) -> list[str]:
         """Everything still referencing the user: rows, containers, volumes (empty: the proof)."""
         async with self._sessions() as db:
             found = await account.references(db, data.user_id)
-        containers = await _heartbeating(asyncio.to_thread(self.engine.list_managed))
+        containers = await heartbeating(asyncio.to_thread(self.engine.list_managed), every=HEARTBEAT_SECONDS)
         found += [f"container {c['name']}" for c in containers if _owned(c, data.user_id, data.sandbox_ids)]
         found += [f"volume {name}" for name in await asyncio.to_thread(self._volumes_of, data.sandbox_ids)]
         return found
@@ -170,7 +161,7 @@ class AccountActivities:
         finally:
             client.close()
 
-    @activity.defn(name="account_record_deletion")
+    @activity.defn(name=contracts.ACCOUNT_RECORD_DELETION.name)
     async def record_deletion(self, data: DeletionRecord) -> None:
         """Write the deletion's one anonymized audit row (once, however often retried)."""
         async with self._sessions() as db:
@@ -181,17 +172,3 @@ class AccountActivities:
 def _owned(container: dict[str, Any], user_id: str, sandbox_ids: list[str] | None = None) -> bool:
     labels = container.get("labels") or {}
     return labels.get(LABEL_USER) == user_id or labels.get(LABEL_SANDBOX) in (sandbox_ids or [])
-
-
-async def _heartbeating(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` while heartbeating, so a dead worker is noticed in seconds, not minutes."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-            if done:
-                return task.result()
-            activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()

@@ -5,19 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio import activity
 
 from activities.resources import WorkerResources
-from agentpod.domain.activity import ActivityEvent
+from agentpod.domain import contracts
+from agentpod.domain.activity import RecordActivityInput
 from agentpod.store.activity import record_activity
-
-
-class RecordActivityInput(BaseModel):
-    """An event plus the id that makes retries write it once."""
-
-    event_id: str
-    event: ActivityEvent
 
 
 class ActivityLogActivities:
@@ -30,7 +23,7 @@ class ActivityLogActivities:
         """The activities this class provides."""
         return [self.record_activity]
 
-    @activity.defn(name="record_activity")
+    @activity.defn(name=contracts.RECORD_ACTIVITY.name)
     async def record_activity(self, data: RecordActivityInput) -> None:
         """Insert the event once, however often Temporal retries this activity."""
         async with self._sessions() as db:

@@ -8,6 +8,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.resources import WorkerResources
+from agentpod.domain import contracts
 from agentpod.domain.archival import ArchiveBatchInput, ArchiveBatchResult
 from agentpod.store.archival import archive_batch
 
@@ -22,7 +23,7 @@ class ArchivalActivities:
         """The activities this class provides."""
         return [self.archive_activity_batch]
 
-    @activity.defn(name="archive_activity_batch")
+    @activity.defn(name=contracts.ARCHIVE_ACTIVITY_BATCH.name)
     async def archive_activity_batch(self, data: ArchiveBatchInput) -> ArchiveBatchResult:
         """Archive one batch and commit. Safe to retry: a committed batch's rows are gone from the hot
         table, so a retry simply takes the next ones; an uncommitted one rolled back entirely."""

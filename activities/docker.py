@@ -2,7 +2,7 @@
 
 The engine calls are synchronous; each runs in a thread while the activity heartbeats, so a
 worker that dies mid-call is noticed by its heartbeat timeout rather than the (long) start-to-close
-timeout. Every activity is idempotent (see :mod:`integrations.docker_engine`), so Temporal may
+timeout. Every activity is idempotent (see :mod:`agentpod.clients.docker_engine`), so Temporal may
 retry any of them freely. A cancelled activity stops waiting, but the engine call already in
 flight finishes in its thread; that is harmless for the same reason.
 
@@ -19,18 +19,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.resources import WorkerResources
-from agentpod.clients.docker_engine import (
-    ContainerGone,
-    DockerEngine,
-    DockerEngineError,
-    ImageMissing,
+from activities.resources import WorkerResources, heartbeating
+from agentpod.clients.docker_engine import ContainerGone, DockerEngineError, ImageMissing
+from agentpod.domain import contracts
+from agentpod.domain.sandbox import (
+    ContainerSpec,
+    ContainerState,
+    DeliverConfigInput,
+    RemoveContainerInput,
+    WaitHealthyInput,
 )
-from agentpod.domain.sandbox import ContainerSpec, ContainerState
 from agentpod.security.gateway_secret import gateway_secret
 
 T = TypeVar("T")
@@ -43,20 +44,6 @@ CONTAINER_CHECK_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 10
 
 
-class RemoveContainerInput(BaseModel):
-    """Which sandbox's container to remove, and whether its volumes (all its data) go too."""
-
-    sandbox_id: str
-    remove_volumes: bool = False
-
-
-class DeliverConfigInput(BaseModel):
-    """Whose config goes into which sandbox."""
-
-    sandbox_id: str
-    user_id: str
-
-
 def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge two OpenCode configs; the user's values win over the installation's."""
     merged = dict(base)
@@ -64,17 +51,6 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
         current = merged.get(key)
         merged[key] = merge_config(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
     return merged
-
-
-class WaitHealthyInput(BaseModel):
-    """Where OpenCode (and the ACP gateway) listen (e.g. ``http://127.0.0.1:49153``) and how long to wait."""
-
-    base_url: str
-    timeout_seconds: float = Field(60.0, gt=0)
-    # When set, the container is watched too: one that exited fails the wait at once, not at the timeout.
-    sandbox_id: str | None = None
-    # When set, the ACP gateway must answer its /health too before the sandbox counts as running.
-    gateway_url: str | None = None
 
 
 def _forget_result(task: asyncio.Future[Any]) -> None:
@@ -88,18 +64,10 @@ class DockerActivities:
     """Activities creating, starting, stopping and removing sandbox containers."""
 
     def __init__(self, resources: WorkerResources) -> None:
-        self._docker_host = resources.settings.docker_host
         self._base_config = resources.settings.agent_base_config
         self._secrets = resources.secrets
         self._resources = resources
-        self._engine: DockerEngine | None = None
-
-    @property
-    def engine(self) -> DockerEngine:
-        """The engine client, created on first use (so a worker starts even with Docker down)."""
-        if self._engine is None:
-            self._engine = DockerEngine(self._docker_host or None)
-        return self._engine
+        self.engine = resources.docker_engine()
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
@@ -118,42 +86,38 @@ class DockerActivities:
         task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
         task.add_done_callback(_forget_result)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-                if done:
-                    return task.result()
-                activity.heartbeat()
+            return await heartbeating(task, every=HEARTBEAT_SECONDS)
         except (ImageMissing, ContainerGone) as exc:
             raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
         except DockerEngineError as exc:
             raise ApplicationError(str(exc), type=type(exc).__name__) from exc
 
-    @activity.defn(name="docker_ensure_container")
+    @activity.defn(name=contracts.DOCKER_ENSURE_CONTAINER.name)
     async def docker_ensure_container(self, spec: ContainerSpec) -> ContainerState:
         """Create volumes and container if missing (or recreate it for a changed spec); not started."""
         return await self._call(self.engine.ensure_container, spec)
 
-    @activity.defn(name="docker_start_container")
+    @activity.defn(name=contracts.DOCKER_START_CONTAINER.name)
     async def docker_start_container(self, sandbox_id: str) -> ContainerState:
         """Start the container; the result carries the host ports Docker chose."""
         return await self._call(self.engine.start, sandbox_id)
 
-    @activity.defn(name="docker_stop_container")
+    @activity.defn(name=contracts.DOCKER_STOP_CONTAINER.name)
     async def docker_stop_container(self, sandbox_id: str) -> ContainerState:
         """Stop the container; a missing container yields ``exists=False``."""
         return await self._call(self.engine.stop, sandbox_id, STOP_TIMEOUT_SECONDS)
 
-    @activity.defn(name="docker_remove_container")
+    @activity.defn(name=contracts.DOCKER_REMOVE_CONTAINER.name)
     async def docker_remove_container(self, data: RemoveContainerInput) -> None:
         """Remove the container and, if asked, its volumes; missing ones are fine."""
         await self._call(self.engine.remove, data.sandbox_id, data.remove_volumes)
 
-    @activity.defn(name="docker_inspect_container")
+    @activity.defn(name=contracts.DOCKER_INSPECT_CONTAINER.name)
     async def docker_inspect_container(self, sandbox_id: str) -> ContainerState:
         """What Docker says about the sandbox's container now."""
         return await self._call(self.engine.inspect, sandbox_id)
 
-    @activity.defn(name="docker_deliver_agent_config")
+    @activity.defn(name=contracts.DOCKER_DELIVER_AGENT_CONFIG.name)
     async def docker_deliver_agent_config(self, data: DeliverConfigInput) -> None:
         """Write the agent's OpenCode config (keys included) and the ACP gateway's secret into the
         container's tmpfs, then `ready`.
@@ -172,7 +136,7 @@ class DockerActivities:
     def _write_then_ready(self, sandbox_id: str, files: dict[str, bytes]) -> None:
         self.engine.write_secret_files(sandbox_id, files, then_touch="ready")
 
-    @activity.defn(name="wait_opencode_healthy")
+    @activity.defn(name=contracts.WAIT_OPENCODE_HEALTHY.name)
     async def wait_opencode_healthy(self, data: WaitHealthyInput) -> None:
         """Poll ``GET {base_url}/global/health`` every 100 ms until it says ``healthy: true``; then,
         when ``gateway_url`` is set, the ACP gateway's ``/health`` the same way (it starts beside

@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
+from agentpod.domain import contracts
 from agentpod.domain.sandbox import (
     ACP_GATEWAY_PORT,
     OPENCODE_PORT,
@@ -72,7 +73,7 @@ class SandboxActivities:
             self.push_agent_credentials,
         ]
 
-    @activity.defn(name="sandbox_load_spec")
+    @activity.defn(name=contracts.SANDBOX_LOAD_SPEC.name)
     async def load_spec(self, sandbox_id: str) -> ContainerSpec:
         """The container spec from the row, its tier and add-ons (non-retryable if the row is gone)."""
         async with self._sessions() as db:
@@ -105,7 +106,7 @@ class SandboxActivities:
             addon_ports=addon_ports,
         )
 
-    @activity.defn(name="sandbox_set_status")
+    @activity.defn(name=contracts.SANDBOX_SET_STATUS.name)
     async def set_status(self, data: SetStatusInput) -> bool:
         """Write the observed status; idempotent (same values, same row)."""
         async with self._sessions() as db:
@@ -122,19 +123,19 @@ class SandboxActivities:
             await db.commit()
         return found
 
-    @activity.defn(name="sandbox_endpoints")
+    @activity.defn(name=contracts.SANDBOX_ENDPOINTS.name)
     async def endpoints(self, spec: ContainerSpec, state: ContainerState) -> SandboxEndpoints:
         """URLs for the container's published ports (configuration lives in the worker, not the workflow)."""
         return sandbox_endpoints(self._settings, spec, state)
 
-    @activity.defn(name="sandbox_delete_row")
+    @activity.defn(name=contracts.SANDBOX_DELETE_ROW.name)
     async def delete_row(self, sandbox_id: str) -> None:
         """Delete the row; deleting an already-deleted row is fine."""
         async with self._sessions() as db:
             await sandboxes.delete_row(db, sandbox_id)
             await db.commit()
 
-    @activity.defn(name="sandbox_push_agent_credentials")
+    @activity.defn(name=contracts.SANDBOX_PUSH_AGENT_CREDENTIALS.name)
     async def push_agent_credentials(self, data: PushCredentialsInput) -> int:
         """Give a healthy OpenCode the user's provider keys over its API; returns how many were set."""
         credentials = await self._secrets.agent_credentials(data.user_id)

@@ -14,9 +14,10 @@ The entry is recorded only when the handler returns (an exception means nothing 
 default it goes to an in-process queue that :class:`AuditWriter` drains in batches, so a request
 never waits for the audit insert; a full queue falls back to a direct write (never a drop), and
 closing the writer flushes everything (clean shutdown loses nothing). Events that must commit with
-the data call ``await entry.record(db)`` inside the handler's transaction instead. Actions a
-workflow or the handler itself records are still declared here (``recorded_by=``), so every
-state-changing endpoint names its action (:func:`declared_actions`; a test enforces it).
+the data call ``await entry.record(db)`` inside the handler's transaction instead: this module is the
+one way the API writes activity. Actions a workflow records are still declared here
+(``recorded_by="workflow"``), so every state-changing endpoint names its action
+(:func:`declared_actions`; a test enforces it).
 
 Only what the handler puts in ``metadata`` is stored, never request bodies; keys that look like
 secrets are removed anyway. IP comes from :mod:`api.client_ip` (X-Forwarded-For only from trusted
@@ -58,7 +59,7 @@ _SECRET_WORDS = re.compile(
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _ENTITY_ID_MAX = 128
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-RecordedBy = Literal["request", "handler", "workflow"]
+RecordedBy = Literal["request", "workflow"]
 
 
 def _secret(key: object) -> bool:
@@ -135,6 +136,7 @@ def audit(
     id_param: str | None = None,
     public: bool = False,
     recorded_by: RecordedBy = "request",
+    with_request_id: bool = True,
 ) -> Any:
     """A dependency recording ``action`` when the endpoint succeeds.
 
@@ -142,11 +144,15 @@ def audit(
     type ``user`` defaults to the caller). ``public``: the route has no bearer token, the handler
     sets ``entry.user_id``.
 
-    ``recorded_by``: ``"request"`` (this dependency writes it); ``"workflow"``, the workflow that
-    performs the action records it once it really happened (the sandbox workflow: start, stop,
-    delete, with this request's IP and user agent); ``"handler"``, the handler writes it with
-    ``record_activity`` in its own transaction. Either way the action is declared here, on the
-    endpoint, where :func:`declared_actions` finds it.
+    ``recorded_by``: ``"request"`` (this dependency writes it, or the handler through
+    ``entry.record(db)``); ``"workflow"``, the workflow that performs the action records it once it
+    really happened (the sandbox workflow: start, stop, delete, with this request's IP and user
+    agent). Either way the action is declared here, on the endpoint, where :func:`declared_actions`
+    finds it.
+
+    ``with_request_id=False``: the row's metadata is exactly what the handler records, without the
+    ``request_id`` that ties other rows to the server logs (the sandbox and preferences rows keep
+    the shape they have always had).
     """
     if not _ACTION.match(action) or len(action) > 64:
         raise ValueError(f"audit action {action!r} must look like 'feature.verb' (lowercase, at most 64 chars)")
@@ -172,7 +178,7 @@ def audit(
             ip_address=ip,
             user_agent=request.headers.get("user-agent"),
         )
-        if (request_id := request_id_of(request)) is not None:
+        if with_request_id and (request_id := request_id_of(request)) is not None:
             entry.metadata["request_id"] = request_id  # ties the row to server logs
         return entry
 

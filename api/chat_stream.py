@@ -48,7 +48,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @dataclass(frozen=True)
 class StreamTiming:
-    """How often the stream polls, beats and re-checks access (a dependency, so tests can speed it up)."""
+    """How often the stream polls, beats and re-checks access (``api.deps.ChatStreamTiming``: tests speed it up)."""
 
     poll_seconds: float = 0.25
     heartbeat_seconds: float = 15.0
@@ -56,11 +56,6 @@ class StreamTiming:
     lookback: timedelta = timedelta(seconds=5)
     batch: int = 200
     retry_ms: int = 2000
-
-
-async def get_stream_timing() -> StreamTiming:
-    """The production timing."""
-    return StreamTiming()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""``Annotated`` dependencies every route uses: context, database session, authenticated caller.
+"""Every FastAPI dependency of the API, as ``Annotated`` aliases routes take as parameters.
+
+Process (context, settings, database, Temporal, notifier), caller (token, user, IP, actor), ownership
+(sandbox, chat session, ACP session, OpenCode file: another user's is a 404 like a missing one), the
+sandbox workflow's transitions, preference writes (``If-Match``), the agents' clients (OpenCode, ACP
+gateway) and the live streams' timing.
+Tests replace some through ``app.dependency_overrides[<function>]``. Audit entries are dependencies
+too, but each endpoint declares its own with :func:`api.audit.audit`.
 
 Every dependency is ``async def``, even those that never await: FastAPI runs a plain ``def``
 dependency in its thread pool, one thread hand-off per request for a dict lookup.
@@ -7,22 +14,30 @@ dependency in its thread pool, one thread hand-off per request for a dict lookup
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from agentpod.clients.acp import AcpGatewayClient
+from agentpod.clients.opencode import OpenCodeClient
 from agentpod.domain.sandbox import Actor
+from agentpod.notify import Notifier
 from agentpod.settings import Settings
-from agentpod.store import sandboxes
-from agentpod.store.tables import AuthSession, Sandbox, User
+from agentpod.store import chat, opencode_config, sandboxes
+from agentpod.store.tables import AuthSession, ChatSession, Sandbox, User, UserOpencodeFile
 from agentpod.store.users import resolve_token
+from api.chat_stream import StreamTiming
 from api.client_ip import client_ip
 from api.context import AppContext
-from api.errors import NotFound, Unauthorized
+from api.errors import Conflict, NotFound, Unauthorized
+from api.sandbox_workflows import SandboxTransitions
+
+# --------------------------------------------------------------------------- the process
 
 
 async def get_context(request: Request) -> AppContext:
@@ -63,6 +78,16 @@ async def get_temporal(ctx: Context) -> Client:
 
 TemporalClient = Annotated[Client, Depends(get_temporal)]
 
+
+async def get_notifier(ctx: Context) -> Notifier:
+    """The process's notifier (``AppContext.notifier``, started and closed by the app lifespan)."""
+    return ctx.notifier
+
+
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
+
+# --------------------------------------------------------------------------- the caller
+
 _bearer = HTTPBearer(auto_error=False, description="Token from sign-up, sign-in or refresh.")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -99,6 +124,16 @@ async def get_client_ip(request: Request, ctx: Context) -> str | None:
 ClientIp = Annotated[str | None, Depends(get_client_ip)]
 
 
+async def get_actor(request: Request, ip: ClientIp) -> Actor:
+    """The caller, as recorded in the audit trail of a sandbox transition."""
+    return Actor(kind="user", ip_address=ip, user_agent=request.headers.get("user-agent"))
+
+
+RequestActor = Annotated[Actor, Depends(get_actor)]
+
+# --------------------------------------------------------------------------- what the caller owns
+
+
 def sandbox_not_found() -> NotFound:
     """The one answer for a sandbox that is missing or someone else's."""
     return NotFound("sandbox not found", code="sandbox_not_found")
@@ -115,9 +150,151 @@ async def get_owned_sandbox(sandbox_id: str, user: CurrentUser, db: DbSession) -
 OwnedSandbox = Annotated[Sandbox, Depends(get_owned_sandbox)]
 
 
-async def get_actor(request: Request, ip: ClientIp) -> Actor:
-    """The caller, as recorded in the audit trail of a sandbox transition."""
-    return Actor(kind="user", ip_address=ip, user_agent=request.headers.get("user-agent"))
+async def get_chat_session(sandbox_id: str, session_id: str, user: CurrentUser, db: DbSession) -> ChatSession:
+    """The session ``session_id`` of the caller's sandbox ``sandbox_id`` (404 naming which is missing).
+
+    One query for both checks (the busiest routes are a session's): not :data:`OwnedSandbox` and then the session.
+    """
+    owns_sandbox, session = await chat.get_owned_session(db, user.id, sandbox_id, session_id)
+    if not owns_sandbox:
+        raise sandbox_not_found()
+    if session is None:
+        raise NotFound("chat session not found", code="chat_session_not_found")
+    return session
 
 
-RequestActor = Annotated[Actor, Depends(get_actor)]
+OwnedChatSession = Annotated[ChatSession, Depends(get_chat_session)]
+
+
+async def get_acp_session(session: OwnedChatSession) -> ChatSession:
+    """The caller's chat session, which must be an ACP one (404 otherwise, 409 if the agent lost it)."""
+    if session.source != "acp_gateway" or not session.acp_session_id:
+        raise NotFound("ACP session not found", code="acp_session_not_found")
+    if session.missing_upstream_at is not None:
+        raise Conflict("the gateway no longer has this session", code="upstream_session_missing")
+    return session
+
+
+OwnedAcpSession = Annotated[ChatSession, Depends(get_acp_session)]
+
+
+async def get_owned_file(file_id: str, user: CurrentUser, db: DbSession) -> UserOpencodeFile:
+    """The caller's OpenCode file ``file_id`` (another user's is a 404 like a missing one)."""
+    row = await opencode_config.get_file(db, user.id, file_id)
+    if row is None:
+        raise NotFound("file not found", code="file_not_found")
+    return row
+
+
+OwnedFile = Annotated[UserOpencodeFile, Depends(get_owned_file)]
+
+# --------------------------------------------------------------------------- the sandbox workflow
+
+
+async def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:
+    """Transitions of sandbox workflows on behalf of the current request."""
+    return SandboxTransitions(client, settings, actor)
+
+
+Transitions = Annotated[SandboxTransitions, Depends(get_transitions)]
+
+# --------------------------------------------------------------------------- preference writes
+
+
+@dataclass(frozen=True)
+class PreferencesWrite:
+    """What every write of the caller's preferences works with (the audit entry is the endpoint's own)."""
+
+    user: User
+    db: AsyncSession
+    notifier: Notifier  # tells the caller's other devices
+    response: Response  # carries the new ETag
+    if_match: str | None
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description='`"<version>"`, `W/"<version>"` (a comma-separated list matches any) or `*`. '
+        "A stale value gets 412 with the current state, and nothing changes."
+    ),
+]
+
+
+async def get_preferences_write(
+    user: CurrentUser, db: DbSession, notifier: NotifierDep, response: Response, if_match: IfMatch = None
+) -> PreferencesWrite:
+    """A write of the caller's preferences, honouring ``If-Match``."""
+    return PreferencesWrite(user, db, notifier, response, if_match)
+
+
+PreferencesWriter = Annotated[PreferencesWrite, Depends(get_preferences_write)]
+
+# --------------------------------------------------------------------------- the agents (tests substitute fakes)
+
+
+class OpenCodeChat(Protocol):
+    """The part of :class:`OpenCodeClient` the chat routes use (tests substitute a fake)."""
+
+    async def create_session(self, title: str | None = None) -> dict[str, Any]:
+        """``POST /session``; returns OpenCode's Session object."""
+        ...
+
+    async def prompt_async(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        model: tuple[str, str] | None = None,
+        agent: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """``POST /session/{id}/prompt_async``: answers once queued; the reply arrives as events."""
+        ...
+
+    async def abort(self, session_id: str) -> bool:
+        """``POST /session/{id}/abort``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection pool."""
+        ...
+
+
+OpenCodeFactory = Callable[[str], OpenCodeChat]
+
+
+async def get_opencode_factory() -> OpenCodeFactory:
+    """Builds an OpenCode client for a base URL."""
+    return OpenCodeClient
+
+
+OpenCodeClients = Annotated[OpenCodeFactory, Depends(get_opencode_factory)]
+
+AcpGatewayFactory = Callable[[str, Sequence[str]], AcpGatewayClient]
+
+
+async def get_acp_factory() -> AcpGatewayFactory:
+    """Builds an ACP gateway client for a base URL and its candidate secrets."""
+    return AcpGatewayClient
+
+
+AcpClients = Annotated[AcpGatewayFactory, Depends(get_acp_factory)]
+
+# --------------------------------------------------------------------------- live streams (tests speed them up)
+
+
+async def get_heartbeat_seconds(settings: SettingsDep) -> float:
+    """Idle seconds between heartbeats of the preferences stream (``AGENTPOD_SSE_HEARTBEAT_SECONDS``)."""
+    return settings.sse_heartbeat_seconds
+
+
+HeartbeatSeconds = Annotated[float, Depends(get_heartbeat_seconds)]
+
+
+async def get_stream_timing() -> StreamTiming:
+    """How often the chat stream polls, beats and re-checks access: the production timing."""
+    return StreamTiming()
+
+
+ChatStreamTiming = Annotated[StreamTiming, Depends(get_stream_timing)]

@@ -8,7 +8,8 @@ Exception tree::
     ├── Forbidden            403 forbidden
     ├── NotFound             404 not_found
     ├── Conflict             409 conflict
-    └── PreconditionFailed   412 precondition_failed
+    ├── PreconditionFailed   412 precondition_failed
+    └── TemporalUnavailable  503 temporal_unavailable   (raised by :func:`temporal_unavailable_as_503`)
 
 Body: ``{"error": {"code": str, "message": str, "details": any, "request_id": str}}``.
 """
@@ -16,7 +17,8 @@ Body: ``{"error": {"code": str, "message": str, "details": any, "request_id": st
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,27 @@ class PreconditionFailed(ApiError):
     """An ``If-Match`` precondition did not hold."""
 
     status, code = 412, "precondition_failed"
+
+
+class TemporalUnavailable(ApiError):
+    """The workflow service is down or unreachable: the request was not taken, and the caller may retry."""
+
+    status, code = 503, "temporal_unavailable"
+
+
+@asynccontextmanager
+async def temporal_unavailable_as_503() -> AsyncIterator[None]:
+    """Answer 503 ``temporal_unavailable`` when a Temporal call cannot reach Temporal.
+
+    ``async with temporal_unavailable_as_503():`` around the call, or ``@temporal_unavailable_as_503()``
+    on a coroutine function. Unreachable is an ``RPCError``, the ``RuntimeError`` of the lazy client
+    that cannot connect, or the ``TimeoutError`` of a deadline the caller put on the call; unhandled,
+    each was a 500. Catch errors that mean something else (a rejected update) inside.
+    """
+    try:
+        yield
+    except (RPCError, RuntimeError, TimeoutError):
+        raise TemporalUnavailable("the workflow service is unavailable; try again shortly") from None
 
 
 # Status codes Starlette raises itself (unknown route, wrong method, ...) mapped to our codes.

@@ -1,27 +1,28 @@
-"""The API's use of the sandbox workflow: settings applied, refusals turned into 409s."""
+"""The API's use of the sandbox workflow: settings applied, refusals turned into 409s, Temporal down into 503s.
+
+Routes take :data:`api.deps.Transitions`, a :class:`SandboxTransitions` for the current request.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
 
-from fastapi import Depends
 from temporalio.client import Client
-from temporalio.service import RPCError
 
-from agentpod.domain.sandbox import Actor, SandboxRecord, SandboxWorkflowState
+from agentpod.domain.sandbox import Actor, SandboxRecord, SandboxTransition, SandboxWorkflowState
 from agentpod.settings import Settings
 from agentpod.store.tables import Sandbox
-from api.deps import RequestActor, SettingsDep, TemporalClient
-from api.errors import ApiError, Conflict
+from api.errors import Conflict, temporal_unavailable_as_503
 from workflows import sandbox_client
 
 
+# Temporal down or unreachable: the request was not taken, and the caller may retry (503).
+@temporal_unavailable_as_503()
 async def request_transition(
     client: Client,
     settings: Settings,
     sandbox: Sandbox,
-    update: str,
+    update: SandboxTransition,
     actor: Actor,
     *,
     changed_fields: list[str] | None = None,
@@ -41,12 +42,6 @@ async def request_transition(
         )
     except sandbox_client.IllegalTransitionError as error:
         raise Conflict(str(error), code="illegal_transition") from None
-    except (RPCError, RuntimeError):
-        # Temporal is down or unreachable (the lazy client raises RuntimeError when it cannot connect):
-        # the request was not taken, and the caller may retry; an unhandled error here was a 500.
-        raise ApiError(
-            "the workflow service is unavailable; try again shortly", status=503, code="temporal_unavailable"
-        ) from None
 
 
 class SandboxTransitions:
@@ -57,17 +52,11 @@ class SandboxTransitions:
         self._settings = settings
         self._actor = actor
 
-    async def __call__(self, sandbox: Sandbox, update: str, *, changed_fields: list[str] | None = None) -> bool:
+    async def __call__(
+        self, sandbox: Sandbox, update: SandboxTransition, *, changed_fields: list[str] | None = None
+    ) -> bool:
         """Ask for ``update``; True when it finished, False when still in progress (answer 202)."""
         state = await request_transition(
             self._client, self._settings, sandbox, update, self._actor, changed_fields=changed_fields
         )
         return state is not None
-
-
-async def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:
-    """Dependency: transitions on behalf of the current request."""
-    return SandboxTransitions(client, settings, actor)
-
-
-Transitions = Annotated[SandboxTransitions, Depends(get_transitions)]

@@ -38,7 +38,10 @@ def bridge_agent_config(llm_port: int, **extra: Any) -> dict[str, Any]:
 
 def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:
     """Containers and volumes of a sandbox that still exist."""
-    containers = [c.name for c in client.containers.list(all=True, filters={"name": container_name(sandbox_id)})]
+    # The low-level list: `containers.list` inspects each container after listing, and one removed in
+    # between (a recreation in progress) made it raise NotFound.
+    listed = client.api.containers(all=True, filters={"name": container_name(sandbox_id)})
+    containers = [name.lstrip("/") for c in listed for name in c["Names"]]
     wanted = set(volume_names(sandbox_id))
     volumes = [v.name for v in client.volumes.list() if v.name in wanted]
     return containers, volumes

@@ -14,14 +14,14 @@ from workflows.stream_sync import StreamSyncWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from agentpod.domain.chat import SyncStatus, SyncWorkflowInput
+    from agentpod.domain.chat_mirror import ACP_MIRROR
 
 
 @workflow.defn
 class AcpSyncWorkflow(StreamSyncWorkflow):
     """Mirror one sandbox's ACP sessions into the database until the sandbox stops."""
 
-    segment_activity = "acp_stream_segment"
-    reconcile_activity = "acp_reconcile"
+    activities = ACP_MIRROR
 
     def _url(self) -> str | None:
         return self._target.acp_url

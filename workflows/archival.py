@@ -14,13 +14,17 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.activity_options import ActivityOptions, execute
+
 with workflow.unsafe.imports_passed_through():
-    from agentpod.domain.archival import ArchivalInput, ArchivalProgress, ArchiveBatchInput, ArchiveBatchResult
+    from agentpod.domain.archival import ArchivalInput, ArchivalProgress, ArchiveBatchInput
+    from agentpod.domain.contracts import ARCHIVE_ACTIVITY_BATCH
 
 # The database may be down for a while: keep retrying (capped backoff); the next day's run is
 # skipped while this one is still going (overlap policy), so nothing piles up.
-_BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
-_BATCH_TIMEOUT = timedelta(minutes=5)
+_BATCH = ActivityOptions(
+    timedelta(minutes=5), RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+)
 
 
 @workflow.defn
@@ -45,13 +49,8 @@ class ArchivalWorkflow:
         progress.cutoff = cutoff
         self._publish()
         for _ in range(data.max_batches_per_run):
-            batch: ArchiveBatchResult = await workflow.execute_activity(
-                "archive_activity_batch",
-                ArchiveBatchInput(cutoff=cutoff, after=progress.position, limit=data.batch_size),
-                result_type=ArchiveBatchResult,
-                start_to_close_timeout=_BATCH_TIMEOUT,
-                retry_policy=_BATCH_RETRY,
-            )
+            batch_input = ArchiveBatchInput(cutoff=cutoff, after=progress.position, limit=data.batch_size)
+            batch = await execute(ARCHIVE_ACTIVITY_BATCH, batch_input, options=_BATCH)
             progress.batches += 1
             progress.archived += batch.archived
             progress.deleted += batch.deleted

@@ -18,14 +18,14 @@ from workflows.stream_sync import StreamSyncWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from agentpod.domain.chat import SyncStatus, SyncWorkflowInput
+    from agentpod.domain.chat_mirror import OPENCODE_MIRROR
 
 
 @workflow.defn
 class OpenCodeSyncWorkflow(StreamSyncWorkflow):
     """Mirror one sandbox's OpenCode into the database until the sandbox stops."""
 
-    segment_activity = "opencode_stream_segment"
-    reconcile_activity = "opencode_reconcile"
+    activities = OPENCODE_MIRROR
 
     def _url(self) -> str | None:
         return self._target.opencode_url

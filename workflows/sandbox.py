@@ -9,58 +9,64 @@ and repairs it from the database row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.activity_options import ActivityOptions, execute
+
 with workflow.unsafe.imports_passed_through():
-    from agentpod.domain.activity import ActivityEvent
+    from agentpod.domain.activity import ActivityEvent, RecordActivityInput
     from agentpod.domain.chat import SyncTarget
+    from agentpod.domain.contracts import (
+        DOCKER_DELIVER_AGENT_CONFIG,
+        DOCKER_ENSURE_CONTAINER,
+        DOCKER_INSPECT_CONTAINER,
+        DOCKER_REMOVE_CONTAINER,
+        DOCKER_START_CONTAINER,
+        DOCKER_STOP_CONTAINER,
+        RECORD_ACTIVITY,
+        SANDBOX_DELETE_ROW,
+        SANDBOX_ENDPOINTS,
+        SANDBOX_LOAD_SPEC,
+        SANDBOX_PUSH_AGENT_CREDENTIALS,
+        SANDBOX_SET_STATUS,
+        SYNC_ENSURE_STARTED,
+        SYNC_FINISH,
+        WAIT_OPENCODE_HEALTHY,
+    )
     from agentpod.domain.sandbox import (
-        ContainerSpec,
         ContainerState,
+        DeliverConfigInput,
         DesiredState,
         PushCredentialsInput,
-        SandboxEndpoints,
+        RemoveContainerInput,
         SandboxStatus,
         SandboxWorkflowInput,
         SandboxWorkflowState,
         SetStatusInput,
         TransitionRequest,
+        WaitHealthyInput,
     )
 
 STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodStatus")
 ILLEGAL_TRANSITION = "IllegalTransition"
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Profile:
-    """Timeouts and retries for one kind of activity."""
-
-    start_to_close: timedelta
-    retry: RetryPolicy
-    heartbeat: timedelta | None = None
-
-
 # Database writes retry until the database is back: the workflow is durable, the request waits.
-_DB = _Profile(timedelta(seconds=30), RetryPolicy(maximum_interval=timedelta(seconds=30)))
-_DOCKER = _Profile(
+_DB = ActivityOptions(timedelta(seconds=30), RetryPolicy(maximum_interval=timedelta(seconds=30)))
+_DOCKER = ActivityOptions(
     timedelta(minutes=3),
     RetryPolicy(maximum_attempts=5, non_retryable_error_types=["ImageMissing"]),
     heartbeat=timedelta(seconds=30),
 )
 # Removal must eventually succeed: the row is only deleted after it, so no container is orphaned.
-_DOCKER_REMOVE = _Profile(
+_DOCKER_REMOVE = ActivityOptions(
     timedelta(minutes=3), RetryPolicy(maximum_interval=timedelta(minutes=1)), timedelta(seconds=30)
 )
-_SYNC_FINISH = _Profile(timedelta(minutes=4), RetryPolicy(maximum_attempts=2))
-_HEALTH = _Profile(timedelta(seconds=150), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=15))
+_SYNC_FINISH = ActivityOptions(timedelta(minutes=4), RetryPolicy(maximum_attempts=2))
+_HEALTH = ActivityOptions(timedelta(seconds=150), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=15))
 HEALTH_TIMEOUT_SECONDS = 120.0
 # A sandbox left in error is retried by the drift check this many times (Docker may have been down),
 # then stays in error until the user or an operator asks again.
@@ -72,19 +78,6 @@ def _reason(error: BaseException) -> str:
     while isinstance(error, ActivityError) and error.cause is not None:
         error = error.cause
     return str(error) or type(error).__name__
-
-
-async def _call(activity: str, *args: Any, profile: _Profile, result_type: type[T]) -> T:
-    """Run an activity by name (workflows never import activity code, which does I/O)."""
-    result: T = await workflow.execute_activity(
-        activity,
-        args=list(args),
-        result_type=result_type,
-        start_to_close_timeout=profile.start_to_close,
-        heartbeat_timeout=profile.heartbeat,
-        retry_policy=profile.retry,
-    )
-    return result
 
 
 @workflow.defn
@@ -236,22 +229,22 @@ class SandboxWorkflow:
         await self._set_status(SandboxStatus.STARTING)
         sandbox_id = self.state.sandbox_id
         try:
-            spec = await _call("sandbox_load_spec", sandbox_id, profile=_DB, result_type=ContainerSpec)
-            await _call("docker_ensure_container", spec, profile=_DOCKER, result_type=ContainerState)
-            container = await _call("docker_start_container", sandbox_id, profile=_DOCKER, result_type=ContainerState)
-            delivery = {"sandbox_id": sandbox_id, "user_id": self.state.user_id}
-            await _call("docker_deliver_agent_config", delivery, profile=_DOCKER, result_type=type(None))
-            endpoints = await _call("sandbox_endpoints", spec, container, profile=_DB, result_type=SandboxEndpoints)
-            health = {
-                "base_url": endpoints.internal_opencode_url,
-                "timeout_seconds": HEALTH_TIMEOUT_SECONDS,
-                "sandbox_id": sandbox_id,
+            spec = await execute(SANDBOX_LOAD_SPEC, sandbox_id, options=_DB)
+            await execute(DOCKER_ENSURE_CONTAINER, spec, options=_DOCKER)
+            container = await execute(DOCKER_START_CONTAINER, sandbox_id, options=_DOCKER)
+            delivery = DeliverConfigInput(sandbox_id=sandbox_id, user_id=self.state.user_id)
+            await execute(DOCKER_DELIVER_AGENT_CONFIG, delivery, options=_DOCKER)
+            endpoints = await execute(SANDBOX_ENDPOINTS, spec, container, options=_DB)
+            health = WaitHealthyInput(
+                base_url=endpoints.internal_opencode_url,
+                timeout_seconds=HEALTH_TIMEOUT_SECONDS,
+                sandbox_id=sandbox_id,
                 # "running" promises both servers: the gateway starts beside OpenCode, not always as fast.
-                "gateway_url": endpoints.internal_acp_url,
-            }
-            await _call("wait_opencode_healthy", health, profile=_HEALTH, result_type=type(None))
+                gateway_url=endpoints.internal_acp_url,
+            )
+            await execute(WAIT_OPENCODE_HEALTHY, health, options=_HEALTH)
             credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url)
-            await _call("sandbox_push_agent_credentials", credentials, profile=_DB, result_type=int)
+            await execute(SANDBOX_PUSH_AGENT_CREDENTIALS, credentials, options=_DB)
         except ActivityError as error:
             await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
             return False
@@ -277,7 +270,7 @@ class SandboxWorkflow:
         await self._set_status(SandboxStatus.STOPPING)
         await self._finish_sync()
         try:
-            await _call("docker_stop_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState)
+            await execute(DOCKER_STOP_CONTAINER, self.state.sandbox_id, options=_DOCKER)
         except ActivityError as error:
             await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))
             return False
@@ -288,9 +281,9 @@ class SandboxWorkflow:
         await self._set_status(SandboxStatus.STOPPING)
         await self._finish_sync()
         # Retries until Docker answers: the row must not vanish while a container might remain.
-        removal = {"sandbox_id": self.state.sandbox_id, "remove_volumes": True}
-        await _call("docker_remove_container", removal, profile=_DOCKER_REMOVE, result_type=type(None))
-        await _call("sandbox_delete_row", self.state.sandbox_id, profile=_DB, result_type=type(None))
+        removal = RemoveContainerInput(sandbox_id=self.state.sandbox_id, remove_volumes=True)
+        await execute(DOCKER_REMOVE_CONTAINER, removal, options=_DOCKER_REMOVE)
+        await execute(SANDBOX_DELETE_ROW, self.state.sandbox_id, options=_DB)
         self._deleted = True
         return True
 
@@ -298,12 +291,12 @@ class SandboxWorkflow:
         """Start (or re-target) the chat mirror for the OpenCode a start or repair just brought up."""
         target, self._pending_sync = self._pending_sync, None
         if target is not None and self.state.status == SandboxStatus.RUNNING:
-            await _call("sync_ensure_started", target, profile=_DB, result_type=type(None))
+            await execute(SYNC_ENSURE_STARTED, target, options=_DB)
 
     async def _finish_sync(self) -> None:
         """Let the chat mirror take a last look before the container goes away (best effort)."""
         try:
-            await _call("sync_finish", self.state.sandbox_id, profile=_SYNC_FINISH, result_type=object)
+            await execute(SYNC_FINISH, self.state.sandbox_id, options=_SYNC_FINISH)
         except ActivityError as error:
             workflow.logger.warning("final chat sync of %s failed: %s", self.state.sandbox_id, _reason(error))
 
@@ -337,9 +330,7 @@ class SandboxWorkflow:
     async def _inspect(self) -> ContainerState | None:
         """The container as Docker sees it, or None if Docker cannot be asked right now."""
         try:
-            return await _call(
-                "docker_inspect_container", self.state.sandbox_id, profile=_DOCKER, result_type=ContainerState
-            )
+            return await execute(DOCKER_INSPECT_CONTAINER, self.state.sandbox_id, options=_DOCKER)
         except ActivityError:
             return None
 
@@ -356,7 +347,7 @@ class SandboxWorkflow:
             internal_opencode_url=self.state.internal_opencode_url if running else None,
             internal_acp_url=self.state.internal_acp_url if running else None,
         )
-        await _call("sandbox_set_status", write, profile=_DB, result_type=bool)
+        await execute(SANDBOX_SET_STATUS, write, options=_DB)
         self.state.status = status
         self.state.error_message = error_message
         self.state.transitions += 1
@@ -372,8 +363,8 @@ class SandboxWorkflow:
             ip_address=request.actor.ip_address,
             user_agent=request.actor.user_agent,
         )
-        record = {"event_id": str(workflow.uuid4()), "event": event}
-        await _call("record_activity", record, profile=_DB, result_type=type(None))
+        record = RecordActivityInput(event_id=str(workflow.uuid4()), event=event)
+        await execute(RECORD_ACTIVITY, record, options=_DB)
 
     def _publish(self) -> None:
         """Make the state visible in the Web UI: a search attribute and the current-details text."""

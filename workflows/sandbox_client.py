@@ -23,12 +23,14 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import ApplicationError
+from temporalio.workflow import UpdateMethodMultiParam
 
 from agentpod.domain.sandbox import (
     Actor,
     DesiredState,
     SandboxRecord,
     SandboxStatus,
+    SandboxTransition,
     SandboxWorkflowInput,
     SandboxWorkflowState,
     TransitionRequest,
@@ -39,6 +41,17 @@ from workflows.sandbox import ILLEGAL_TRANSITION, SandboxWorkflow
 USER_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodUserId")
 SANDBOX_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodSandboxId")
 STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodStatus")
+
+TransitionUpdate = UpdateMethodMultiParam[[SandboxWorkflow, TransitionRequest], SandboxWorkflowState]
+
+# The workflow update that carries each transition: handles, not names, so a renamed update or a changed
+# argument fails the type check instead of a request in production.
+TRANSITION_UPDATES: dict[SandboxTransition, TransitionUpdate] = {
+    SandboxTransition.START: SandboxWorkflow.start,
+    SandboxTransition.STOP: SandboxWorkflow.stop,
+    SandboxTransition.RECONFIGURE: SandboxWorkflow.reconfigure,
+    SandboxTransition.DELETE: SandboxWorkflow.delete,
+}
 
 
 class IllegalTransitionError(Exception):
@@ -125,7 +138,7 @@ async def ensure_workflow(
 async def request_transition(
     client: Client,
     sandbox: SandboxRecord,
-    update: str,
+    transition: SandboxTransition,
     actor: Actor,
     *,
     task_queue: str,
@@ -133,7 +146,7 @@ async def request_transition(
     changed_fields: list[str] | None = None,
     wait: timedelta | None = timedelta(seconds=90),
 ) -> SandboxWorkflowState | None:
-    """Send ``update`` (start / stop / reconfigure / delete) and wait for it, up to ``wait``.
+    """Ask for ``transition`` (start / stop / reconfigure / delete) and wait for it, up to ``wait``.
 
     Raises :class:`IllegalTransitionError` when the workflow rejects the transition. Returns None when
     the request was accepted but is still in progress after ``wait``.
@@ -141,18 +154,16 @@ async def request_transition(
     request = TransitionRequest(actor=actor, changed_fields=changed_fields or [])
     try:
         handle = await client.start_update_with_start_workflow(
-            update,
+            TRANSITION_UPDATES[transition],
             request,
             start_workflow_operation=start_operation(
                 sandbox, task_queue=task_queue, drift_check_seconds=drift_check_seconds
             ),
             wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            result_type=SandboxWorkflowState,
         )
         if wait is None:
             return None
-        result: SandboxWorkflowState = await asyncio.wait_for(handle.result(), wait.total_seconds())
-        return result
+        return await asyncio.wait_for(handle.result(), wait.total_seconds())
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         return None
     except WorkflowUpdateFailedError as error:

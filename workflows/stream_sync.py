@@ -5,8 +5,9 @@ the stream, reconnecting with jittered backoff inside the segment. The segment b
 periodic full reconcile and the continue-as-new point. ``retarget`` follows a recreated container;
 ``finish`` runs a last reconcile before the container stops; ``reconcile_now`` is the app's "sync now".
 
-Subclasses name their activities and say which URL of the :class:`SyncTarget` they follow:
-:class:`workflows.opencode_sync.OpenCodeSyncWorkflow` and :class:`workflows.acp_sync.AcpSyncWorkflow`.
+Subclasses name their activities' contracts (:mod:`agentpod.domain.chat_mirror`) and say which URL of
+the :class:`SyncTarget` they follow: :class:`workflows.opencode_sync.OpenCodeSyncWorkflow` and
+:class:`workflows.acp_sync.AcpSyncWorkflow`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         SyncTarget,
         SyncWorkflowInput,
     )
+    from agentpod.domain.chat_mirror import MirrorContracts
 
 # The stream never gives up while the sandbox runs: failures back off (capped) and try again.
 _STREAM_RETRY = RetryPolicy(
@@ -38,8 +40,7 @@ _FINAL_RECONCILE_RETRY = RetryPolicy(maximum_attempts=3)
 class StreamSyncWorkflow:
     """Mirror one sandbox's agent into the database until the sandbox stops (base, not a workflow itself)."""
 
-    segment_activity: ClassVar[str]
-    reconcile_activity: ClassVar[str]
+    activities: ClassVar[MirrorContracts]
 
     @workflow.init
     def __init__(self, data: SyncWorkflowInput) -> None:
@@ -63,9 +64,9 @@ class StreamSyncWorkflow:
             # (and reconnect-and-reconcile storms) would stay in lockstep every 5 minutes.
             seconds = data.segment_seconds * workflow.random().uniform(0.9, 1.1)
             self._segment = workflow.start_activity(
-                self.segment_activity,
+                self.activities.segment.name,
                 StreamSegmentInput(target=self._target, segment_seconds=seconds, status=self._status),
-                result_type=StreamSegmentResult,
+                result_type=self.activities.segment.result_type,
                 start_to_close_timeout=timedelta(seconds=seconds + 120),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=_STREAM_RETRY,
@@ -128,9 +129,9 @@ class StreamSyncWorkflow:
 
     async def _reconcile(self) -> ReconcileReport:
         report: ReconcileReport = await workflow.execute_activity(
-            self.reconcile_activity,
+            self.activities.reconcile.name,
             self._target,
-            result_type=ReconcileReport,
+            result_type=self.activities.reconcile.result_type,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=_FINAL_RECONCILE_RETRY,
         )

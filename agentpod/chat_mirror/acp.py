@@ -1,7 +1,7 @@
 """``AcpMirror``: keeps one sandbox's ACP gateway sessions in our database.
 
 * **Live path** — :meth:`feed` each gateway event; the conversation is folded in memory
-  (:mod:`integrations.acp.transcript`) and :meth:`flush` writes the touched messages in one transaction
+  (:mod:`agentpod.chat_mirror.acp_transcript`) and :meth:`flush` writes the touched messages in one transaction
   *together with the id of the last event applied*, so resuming with ``Last-Event-ID`` after any crash
   neither repeats nor skips an event (chunk appends are not idempotent on their own).
 * **Reconcile** — after a ``reset`` frame (gateway restarted, replay impossible): every session the
@@ -9,21 +9,26 @@
   rebuilt right after that turn ends (history is complete only between turns). Sessions the gateway no
   longer lists are flagged ``missing_upstream_at`` and kept, never deleted.
 
-Writes take the sandbox's chat lock, like the OpenCode mirror's.
+Writes take the sandbox's chat lock, like the OpenCode mirror's. :class:`AcpStream` plugs the mirror into
+the segment loop (:mod:`agentpod.chat_mirror.segment`): the gateway's ``/events`` stream, resumed with
+``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.chat_mirror.acp_transcript import (
@@ -37,10 +42,20 @@ from agentpod.chat_mirror.acp_transcript import (
     turn_of,
     user_key,
 )
-from agentpod.clients.acp import AcpGatewayClient, AcpGatewayConflict, GatewayEvent
+from agentpod.chat_mirror.mirror import Mirror, serialized, write_message
+from agentpod.clients.acp import AcpGatewayClient, AcpGatewayConflict, AcpGatewayError, GatewayEvent
 from agentpod.domain.activity import ActivityEvent
-from agentpod.domain.chat import ReconcileReport
-from agentpod.store.acp_sync import acp_sessions, claim_session, latest_key, save_cursor, unfinished_sessions
+from agentpod.domain.chat import ReconcileReport, SyncStatus, SyncTarget
+from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.security.keyring import Keyring
+from agentpod.store.acp_sync import (
+    acp_sessions,
+    claim_session,
+    latest_key,
+    load_cursor,
+    save_cursor,
+    unfinished_sessions,
+)
 from agentpod.store.activity import record_activity
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import (
@@ -48,13 +63,12 @@ from agentpod.store.chat_sync import (
     MessageValues,
     flag_sessions_missing,
     load_messages,
-    lock_sandbox_chats,
     mark_interrupted,
     recompute_session_stats,
-    record_reply_received,
     remove_message,
-    upsert_message,
 )
+from agentpod.store.sync_state import commit_sync_status
+from agentpod.store.tables import AcpSyncState
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +136,8 @@ def _draft_of(row: MessageRow) -> Draft:
     return Draft(row.values.external_message_id, row.values.role, copy.deepcopy(row.values.content))
 
 
-class AcpMirror:
-    """Mirror of one sandbox's ACP sessions. Not safe for concurrent calls: the caller serializes them."""
+class AcpMirror(Mirror):
+    """Mirror of one sandbox's ACP sessions. Calls on one instance are serialized by the mirror itself."""
 
     def __init__(
         self,
@@ -135,10 +149,7 @@ class AcpMirror:
         clock: Callable[[], float] = time.monotonic,
         flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
-        self._db = sessions
-        self.sandbox_id = sandbox_id
-        self.user_id = user_id
-        self._now = now
+        super().__init__(sessions, sandbox_id=sandbox_id, user_id=user_id, now=now)
         self._clock = clock
         self._interval = flush_interval
         self._sessions: dict[str, _Session] = {}
@@ -147,14 +158,18 @@ class AcpMirror:
         self.applied_event_id: str | None = None
         self.committed_event_id: str | None = None
 
+    async def resume(self) -> None:
+        """Continue after the last event committed (what a new stream asks to follow)."""
+        async with self._db() as db:
+            self.applied_event_id = self.committed_event_id = await load_cursor(db, self.sandbox_id)
+
     # ------------------------------------------------------------------ sessions
 
     async def _session(self, acp_session_id: str, agent_id: str | None = None) -> _Session:
         found = self._sessions.get(acp_session_id)
         if found is not None:
             return found
-        async with self._db() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
+        async with self._writing() as db:
             row = await claim_session(
                 db,
                 sandbox_id=self.sandbox_id,
@@ -166,13 +181,22 @@ class AcpMirror:
             key = await latest_key(db, row.id)
             turn = (turn_of(key) or 0) if key else 0
             stored = await load_messages(db, row.id, [user_key(turn), agent_key(turn)]) if key else {}
-            await db.commit()
         session = _Session(row.id, agent_id, _resumed([_draft_of(r) for r in stored.values()], turn))
         self._sessions[acp_session_id] = session
         return session
 
     # ------------------------------------------------------------------ live path
 
+    @serialized
+    async def follow(self, gateway: AcpGatewayClient, event: GatewayEvent) -> None:
+        """Apply one live event; a turn's end is written at once, then a rebuild that waited for it runs."""
+        session = await self.feed(event)
+        if event.event == "session_end_turn":
+            await self.flush()
+            if session is not None and session.rebuild_after_turn:
+                await self.rebuild(gateway, str(event.data["session_id"]), ReconcileReport())
+
+    @serialized
     async def feed(self, event: GatewayEvent) -> _Session | None:
         """Apply one gateway event in memory; returns the session it touched (None for other events)."""
         data = event.data
@@ -225,6 +249,7 @@ class AcpMirror:
         event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"acp.permission_request:{self.sandbox_id}:{request_id}"))
         self._pending.activity.append((event, event_id))
 
+    @serialized
     async def flush_due(self) -> int:
         """Flush if something waited longer than the flush interval."""
         return await self.flush() if self.due() else 0
@@ -239,6 +264,7 @@ class AcpMirror:
         """Something waits to be written for longer than the flush interval."""
         return self._dirty_since is not None and self._clock() - self._dirty_since >= self._interval
 
+    @serialized
     async def flush(self) -> int:
         """Write every touched message, the audit events and the resume point in one transaction."""
         work = [(s, s.conversation.take_touched()) for s in self._sessions.values()]
@@ -264,8 +290,7 @@ class AcpMirror:
 
     async def _write(self, work: list[tuple[_Session, list[Draft]]], pending: _Pending, event_id: str | None) -> int:
         written = 0
-        async with self._db() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
+        async with self._writing() as db:
             now = self._now()
             for session, drafts in work:
                 stored = await load_messages(db, session.row_id, [d.key for d in drafts])
@@ -277,18 +302,16 @@ class AcpMirror:
                     values = message_values(
                         draft, agent_id=session.agent_id, created_at=created, completed_at=completed
                     )
-                    if await upsert_message(db, session_id=session.row_id, values=values, now=now, stored=row):
+                    if await write_message(
+                        db, user_id=self.user_id, session_row_id=session.row_id, values=values, stored=row, now=now
+                    ):
                         changed = True
                         written += 1
-                        await record_reply_received(
-                            db, user_id=self.user_id, session_row_id=session.row_id, values=values, stored=row
-                        )
                 if changed:
                     await recompute_session_stats(db, session.row_id, now=now)
             for event, activity_id in pending.activity:
                 await record_activity(db, event, event_id=activity_id)
             await save_cursor(db, self.sandbox_id, event_id)
-            await db.commit()
         return written
 
     @staticmethod
@@ -299,20 +322,32 @@ class AcpMirror:
         for key in [k for k in session.conversation.drafts if k not in keep]:
             del session.conversation.drafts[key]
 
-    def discard_uncommitted(self) -> None:
-        """Forget everything applied since the last commit (the stream resumes from the committed event)."""
-        self._sessions.clear()
-        self._pending = _Pending()
-        self._dirty_since = None
-        self.applied_event_id = self.committed_event_id
+    @serialized
+    async def flush_or_discard(self) -> None:
+        """After a lost connection: write what was applied, or forget it when the database refuses.
 
-    async def commit_cursor(self, event_id: str | None) -> None:
-        """Move the resume point (after a reconcile made replay unnecessary)."""
-        self.applied_event_id = event_id
-        await self.flush()
+        Chunks append, so what was applied but not committed must not survive the reconnect, which
+        resumes from the committed event.
+        """
+        try:
+            await self.flush()
+        except SQLAlchemyError:
+            self._sessions.clear()
+            self._pending = _Pending()
+            self._dirty_since = None
+            self.applied_event_id = self.committed_event_id
 
     # ------------------------------------------------------------------ reconcile
 
+    @serialized
+    async def restart(self, gateway: AcpGatewayClient, event_id: str | None) -> ReconcileReport:
+        """After a ``reset`` frame: reconcile, then resume after that frame (replay is no longer needed)."""
+        report = await self.reconcile(gateway)
+        self.applied_event_id = event_id
+        await self.flush()
+        return report
+
+    @serialized
     async def reconcile(self, gateway: AcpGatewayClient) -> ReconcileReport:
         """Rebuild every listed session from its history (running ones after their turn); flag vanished ones."""
         await self.flush()
@@ -331,15 +366,14 @@ class AcpMirror:
             ours = await acp_sessions(db, self.sandbox_id)
         vanished = [row.id for key, row in ours.items() if key not in listed_ids and row.missing_upstream_at is None]
         if vanished:
-            async with self._db() as db:
-                await lock_sandbox_chats(db, self.sandbox_id)
+            async with self._writing() as db:
                 now = self._now()
                 report.sessions_missing_upstream += await flag_sessions_missing(db, vanished, now=now)
                 report.messages_interrupted += await mark_interrupted(db, vanished, now=now)
-                await db.commit()
             report.notes.append(f"kept {len(vanished)} sessions the gateway no longer lists")
         return report
 
+    @serialized
     async def rebuild(self, gateway: AcpGatewayClient, acp_session_id: str, report: ReconcileReport) -> None:
         """Make a session's rows exactly its history (stored statuses, usage and times are kept)."""
         session = await self._session(acp_session_id)
@@ -351,49 +385,54 @@ class AcpMirror:
         session.conversation.take_touched()
         drafts = fold_history(history)
         started = self._now()
-        async with self._db() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
-            stored = await load_messages(db, session.row_id)
-            if not drafts and stored:
-                report.notes.append(f"{acp_session_id}: empty history, kept our {len(stored)} messages")
-                await db.commit()
-                session.rebuild_after_turn = False
-                return
-            changed = False
-            previous: datetime | None = None
-            for draft in drafts:
-                row = stored.get(draft.key)
-                _keep_final_state(draft, row)
-                created = row.values.upstream_created_at if row and row.values.upstream_created_at else None
-                if created is None or (previous is not None and created <= previous):
-                    created = (previous + _TICK) if previous is not None else started
-                previous = created
-                completed = row.values.upstream_completed_at if row and row.values.upstream_completed_at else started
-                values = message_values(draft, agent_id=session.agent_id, created_at=created, completed_at=completed)
-                if await upsert_message(db, session_id=session.row_id, values=values, now=started, stored=row):
-                    changed = True
-                    report.messages_upserted += 1
-                    await record_reply_received(
-                        db, user_id=self.user_id, session_row_id=session.row_id, values=values, stored=row
-                    )
-                    if values.status == "interrupted" and (row is None or row.values.status != "interrupted"):
-                        report.messages_interrupted += 1
-                else:
-                    report.unchanged += 1
-            keys = {d.key for d in drafts}
-            for key, row in stored.items():
-                if key in keys or _is_turn_marker(row):
-                    continue
-                await remove_message(db, session_id=session.row_id, external_message_id=key)
-                report.messages_removed += 1
-                changed = True
-            if changed:
-                await recompute_session_stats(db, session.row_id, now=started)
-            await db.commit()
+        async with self._writing() as db:
+            kept = await self._replace_rows(db, session, drafts, started, report)
+        session.rebuild_after_turn = False
+        if kept:
+            report.notes.append(f"{acp_session_id}: empty history, kept our {kept} messages")
+            return
         report.sessions_upserted += 1
         last_turn = max((turn_of(d.key) or 0 for d in drafts), default=0)
         session.conversation = _resumed([d for d in drafts if turn_of(d.key) == last_turn], last_turn)
-        session.rebuild_after_turn = False
+
+    async def _replace_rows(
+        self, db: AsyncSession, session: _Session, drafts: list[Draft], started: datetime, report: ReconcileReport
+    ) -> int:
+        """Make a session's rows its history's ``drafts``; an empty history proves nothing, so then our
+        messages are kept and their number returned (0 otherwise)."""
+        stored = await load_messages(db, session.row_id)
+        if not drafts and stored:
+            return len(stored)
+        changed = False
+        previous: datetime | None = None
+        for draft in drafts:
+            row = stored.get(draft.key)
+            _keep_final_state(draft, row)
+            created = row.values.upstream_created_at if row and row.values.upstream_created_at else None
+            if created is None or (previous is not None and created <= previous):
+                created = (previous + _TICK) if previous is not None else started
+            previous = created
+            completed = row.values.upstream_completed_at if row and row.values.upstream_completed_at else started
+            values = message_values(draft, agent_id=session.agent_id, created_at=created, completed_at=completed)
+            changed |= await write_message(
+                db,
+                user_id=self.user_id,
+                session_row_id=session.row_id,
+                values=values,
+                stored=row,
+                now=started,
+                report=report,
+            )
+        keys = {d.key for d in drafts}
+        for key, row in stored.items():
+            if key in keys or _is_turn_marker(row):
+                continue
+            await remove_message(db, session_id=session.row_id, external_message_id=key)
+            report.messages_removed += 1
+            changed = True
+        if changed:
+            await recompute_session_stats(db, session.row_id, now=started)
+        return 0
 
     async def _history(self, gateway: AcpGatewayClient, acp_session_id: str) -> list[JSON] | None:
         """The session's history; None while a turn runs. Another history load (409 too) is waited out."""
@@ -411,6 +450,7 @@ class AcpMirror:
         """Sessions whose rebuild waits (for a turn's end, or for the gateway to answer)."""
         return [key for key, session in self._sessions.items() if session.rebuild_after_turn]
 
+    @serialized
     async def repair_unfinished(self, gateway: AcpGatewayClient) -> ReconcileReport:
         """Rebuild the sessions we hold an unfinished reply of while their agent runs no turn.
 
@@ -448,4 +488,72 @@ def _is_turn_marker(row: MessageRow) -> bool:
     return row.values.role == "assistant" and not content.get("blocks") and row.values.status in FINAL_STATUSES
 
 
-__all__ = ["AcpMirror", "message_values"]
+class AcpStream:
+    """The gateway's ``/events`` stream as a segment source (:class:`agentpod.chat_mirror.segment.StreamSource`).
+
+    The stream has ids and replay: a connection resumes after the last event committed, and only a
+    ``reset`` frame (gateway restarted, buffer expired, first connection) reconciles.
+    """
+
+    name = "the gateway"
+    errors: tuple[type[Exception], ...] = (AcpGatewayError,)
+    # The gateway heartbeats every 15 s (its first frame comes at once); three missed ones mean it is dead.
+    first_frame_limit = silence_limit = 45.0
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], target: SyncTarget, keys: Callable[[], Keyring]
+    ) -> None:
+        self.mirror = AcpMirror(sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        self.label = f"ACP sync {target.sandbox_id}"
+        self._sessions = sessions
+        self._url = target.acp_url
+        self._keys = keys
+
+    @classmethod
+    async def resumed(
+        cls, sessions: async_sessionmaker[AsyncSession], target: SyncTarget, keys: Callable[[], Keyring]
+    ) -> AcpStream:
+        """A source whose first connection asks for what follows the last event committed."""
+        stream = cls(sessions, target, keys)
+        await stream.mirror.resume()
+        return stream
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[tuple[AcpGatewayClient, AsyncIterator[GatewayEvent]]]:
+        """A gateway client and its event stream, from the last event committed."""
+        if not self._url:
+            raise AcpGatewayError("the sandbox has no ACP gateway address")
+        secrets = gateway_secrets(self._keys(), self.mirror.sandbox_id)
+        async with (
+            AcpGatewayClient(self._url, secrets) as gateway,
+            contextlib.aclosing(gateway.events(self.mirror.committed_event_id)) as events,
+        ):
+            yield gateway, events
+
+    def opens(self, frame: GatewayEvent) -> bool:
+        """Any frame: the gateway sends one at once (a ``reset``, a replayed event or a heartbeat)."""
+        return True
+
+    async def dispatch(self, gateway: AcpGatewayClient, frame: GatewayEvent, *, first: bool) -> ReconcileReport | bool:
+        """Reconcile on ``reset``, retry waiting rebuilds on heartbeats, follow everything else."""
+        if first and frame.event != "reset":  # a reset reconciles everything anyway
+            await self.mirror.repair_unfinished(gateway)
+        if frame.event == "heartbeat":
+            if self.mirror.pending_rebuilds():
+                await self.mirror.repair_unfinished(gateway)
+            return False
+        if frame.event == "reset":
+            return await self.mirror.restart(gateway, frame.id)
+        await self.mirror.follow(gateway, frame)
+        return True
+
+    async def disconnected(self) -> None:
+        """Write what the lost connection delivered, or forget it (see :meth:`AcpMirror.flush_or_discard`)."""
+        await self.mirror.flush_or_discard()
+
+    async def save_status(self, status: SyncStatus) -> None:
+        """Persist the status the chat API shows (``acp_sync_state``)."""
+        await commit_sync_status(self._sessions, AcpSyncState, self.mirror.sandbox_id, status)
+
+
+__all__ = ["AcpMirror", "AcpStream", "message_values"]

@@ -10,7 +10,7 @@ Two paths write, both through ``store.chat_sync`` (idempotent upserts keyed by u
 Ordering rule, so the two can run concurrently for one sandbox: every write transaction first takes
 the sandbox's chat lock (``lock_sandbox_chats``), reads the stored row, and keeps whichever state is
 newer *upstream* — a session's ``time.updated``, a message's ``time.completed``, a part's progress
-(see ``mapping.part_progress``), part order by part id — never whichever was written last.
+(see ``opencode_mapping.part_progress``), part order by part id — never whichever was written last.
 Removals are only concluded from a listing for rows we stored before the reconcile began (rows
 written meanwhile by the live path may be newer than the listing).
 
@@ -18,16 +18,23 @@ Upstream-loss guard (``judge_upstream``): an empty or replaced OpenCode store (e
 container) must never erase history. Missing sessions are tombstoned only when upstream is evidently
 the same store; otherwise they are flagged ``missing_upstream_at`` and kept, and the flag clears when
 they reappear.
+
+:class:`OpenCodeStream` plugs the mirror into the segment loop (:mod:`agentpod.chat_mirror.segment`):
+OpenCode's ``/event`` stream, a reconcile on every ``server.connected`` (the stream has no replay).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import httpx
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.chat_mirror.coalescer import (
@@ -41,6 +48,7 @@ from agentpod.chat_mirror.coalescer import (
     SessionChange,
     SessionSignal,
 )
+from agentpod.chat_mirror.mirror import Mirror, serialized, write_message
 from agentpod.chat_mirror.opencode_api import OpenCodeApi
 from agentpod.chat_mirror.opencode_mapping import (
     content_values,
@@ -52,7 +60,8 @@ from agentpod.chat_mirror.opencode_mapping import (
     session_values,
     stored_info_parts,
 )
-from agentpod.domain.chat import ReconcileReport
+from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
+from agentpod.domain.chat import ReconcileReport, SyncStatus, SyncTarget
 from agentpod.store.acp_sync import acp_session_ids
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import (
@@ -65,16 +74,15 @@ from agentpod.store.chat_sync import (
     flag_sessions_missing,
     list_sessions,
     load_messages,
-    lock_sandbox_chats,
     mark_interrupted,
     mark_session_deleted,
     recompute_session_stats,
-    record_reply_received,
     remove_message,
     remove_part,
-    upsert_message,
     upsert_session,
 )
+from agentpod.store.sync_state import commit_sync_status
+from agentpod.store.tables import ChatSyncState
 
 JSON = dict[str, Any]
 SOURCE = "opencode"
@@ -236,12 +244,11 @@ class _BatchWriter:
         info = merge_info(old_info, op.info)
         # With no info yet (parts before their message) this stores a placeholder the info fills in later.
         values = message_values(info, merge_parts(old_parts, op.parts.values()))
-        if await upsert_message(self.db, session_id=ref.id, values=values, now=self.now, stored=stored):
+        if await write_message(
+            self.db, user_id=self.user_id, session_row_id=ref.id, values=values, stored=stored, now=self.now
+        ):
             self.touched += 1
             self.stale.add(ref.id)
-            await record_reply_received(
-                self.db, user_id=self.user_id, session_row_id=ref.id, values=values, stored=stored
-            )
 
     async def finish(self) -> None:
         for session_row_id in sorted(self.stale):
@@ -249,12 +256,12 @@ class _BatchWriter:
                 self.touched += 1
 
 
-class OpenCodeMirror:
+class OpenCodeMirror(Mirror):
     """Mirror of one sandbox's OpenCode sessions and messages.
 
-    ``clock`` (monotonic seconds) times the live path's flushes; ``now`` stamps rows (UTC).
-    Not safe for concurrent calls on one instance: the caller serializes ``feed`` / ``flush*`` /
-    ``reconcile`` (separate instances — e.g. a periodic reconcile — may run concurrently).
+    ``clock`` (monotonic seconds) times the live path's flushes; ``now`` stamps rows (UTC). Calls on
+    one instance are serialized by the mirror itself; separate instances (e.g. a periodic reconcile)
+    may run concurrently.
     """
 
     def __init__(
@@ -268,10 +275,7 @@ class OpenCodeMirror:
         flush_interval: float = DEFAULT_INTERVAL,
         max_buffered: int = DEFAULT_MAX_ITEMS,
     ) -> None:
-        self._sessions = sessions
-        self.sandbox_id = sandbox_id
-        self.user_id = user_id
-        self._now = now
+        super().__init__(sessions, sandbox_id=sandbox_id, user_id=user_id, now=now)
         self.coalescer = Coalescer(interval=flush_interval, max_items=max_buffered, clock=clock)
         self._unwritten: list[Operation] = []  # a failed flush's operations, retried first next time
 
@@ -281,16 +285,15 @@ class OpenCodeMirror:
         """Apply operations in one transaction; the number of rows written."""
         if all(isinstance(op, SessionSignal) for op in ops):
             return 0  # live state only (idle, status): nothing to write, so no transaction either
-        async with self._sessions() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
+        async with self._writing() as db:
             writer = _BatchWriter(db, sandbox_id=self.sandbox_id, user_id=self.user_id, now=self._now())
             writer.plan(ops)
             for op in ops:
                 await writer.apply(op)
             await writer.finish()
-            await db.commit()
-            return writer.touched
+        return writer.touched
 
+    @serialized
     async def apply(self, events: list[JSON]) -> int:
         """Apply a batch of events in one transaction (coalesced first); the number of rows written."""
         batch = Coalescer(interval=float("inf"), max_items=len(events) + 1)
@@ -300,6 +303,7 @@ class OpenCodeMirror:
 
     # ------------------------------------------------------------------ live path
 
+    @serialized
     async def feed(self, event: JSON) -> int:
         """Take one live event; writes (and returns rows written) only when a flush is due."""
         if self.coalescer.add(event):
@@ -310,12 +314,14 @@ class OpenCodeMirror:
         """Seconds until :meth:`flush_due` will write (0: now); None while nothing waits."""
         return 0.0 if self._unwritten else self.coalescer.due_in()
 
+    @serialized
     async def flush_due(self) -> int:
         """Flush if the oldest buffered change has waited long enough (call on a short timer)."""
         if self.coalescer.due() or self._unwritten:
             return await self.flush()
         return 0
 
+    @serialized
     async def flush(self) -> int:
         """Write everything buffered now. On failure nothing is lost: it is retried on the next flush."""
         ops = [*self._unwritten, *self.coalescer.drain()]
@@ -328,6 +334,7 @@ class OpenCodeMirror:
 
     # ------------------------------------------------------------------ reconcile
 
+    @serialized
     async def reconcile(self, api: OpenCodeApi) -> ReconcileReport:
         """Make our copy match OpenCode's: upsert what differs, tombstone or flag what vanished."""
         await self.flush()
@@ -340,7 +347,7 @@ class OpenCodeMirror:
         busy = set(await api.session_status())
         upstream = {str(s["id"]): s for s in listed}
         report.upstream_empty = not upstream
-        async with self._sessions() as db:
+        async with self._db() as db:
             ours = await list_sessions(db, self.sandbox_id)
             # Sessions made through the ACP gateway are in OpenCode's store too; the ACP mirror owns them.
             theirs = await acp_session_ids(db, self.sandbox_id)
@@ -370,8 +377,7 @@ class OpenCodeMirror:
         started: datetime,
         report: ReconcileReport,
     ) -> None:
-        async with self._sessions() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
+        async with self._writing() as db:
             now = self._now()
             # Re-read under the lock: the live path may have changed the row since the listing.
             current = await find_session(db, self.sandbox_id, str(info["id"]))
@@ -388,7 +394,6 @@ class OpenCodeMirror:
             else:
                 report.unchanged += 1
             if messages is None or write.status == "deleted":
-                await db.commit()
                 return
 
             ours = await load_messages(db, write.id)
@@ -401,16 +406,9 @@ class OpenCodeMirror:
                 values = message_values(*reconciled_message(row.values.content if row else None, message))
                 if values.role == "assistant" and values.status == "streaming" and message_id != running:
                     values = replace(values, status="interrupted")
-                if await upsert_message(db, session_id=write.id, values=values, now=now, stored=row):
-                    changed = True
-                    report.messages_upserted += 1
-                    await record_reply_received(
-                        db, user_id=self.user_id, session_row_id=write.id, values=values, stored=row
-                    )
-                    if values.status == "interrupted" and (row is None or row.values.status != "interrupted"):
-                        report.messages_interrupted += 1
-                else:
-                    report.unchanged += 1
+                changed |= await write_message(
+                    db, user_id=self.user_id, session_row_id=write.id, values=values, stored=row, now=now, report=report
+                )
 
             listed_ids = {str(m["info"]["id"]) for m in listed}
             gone = [row for key, row in ours.items() if key not in listed_ids and row.created_at < started]
@@ -428,7 +426,6 @@ class OpenCodeMirror:
                     report.notes.append(f"{len(unflagged)} messages of {info['id']} kept: missing upstream")
             if changed:
                 await recompute_session_stats(db, write.id, now=now)
-            await db.commit()
 
     async def _reconcile_vanished(
         self, before: dict[str, SessionRow], upstream: Collection[str], report: ReconcileReport
@@ -445,8 +442,7 @@ class OpenCodeMirror:
         newly = [row for row in vanished if row.missing_upstream_at is None]
         if not newly:
             return
-        async with self._sessions() as db:
-            await lock_sandbox_chats(db, self.sandbox_id)
+        async with self._writing() as db:
             now = self._now()
             if trusted:
                 for row in newly:
@@ -457,7 +453,58 @@ class OpenCodeMirror:
                 report.notes.append(f"upstream-loss guard: kept {len(newly)} sessions ({reason})")
             # Their agent no longer has them: an unfinished turn there will never finish.
             report.messages_interrupted += await mark_interrupted(db, [row.id for row in newly], now=now)
-            await db.commit()
 
 
-__all__ = ["OpenCodeMirror", "judge_upstream"]
+class OpenCodeStream:
+    """OpenCode's ``/event`` stream as a segment source (:class:`agentpod.chat_mirror.segment.StreamSource`).
+
+    OpenCode's stream has no event ids and no replay: every ``server.connected`` reconciles through the
+    REST API, which is what makes the mirror gap-free.
+    """
+
+    name = "OpenCode"
+    errors: tuple[type[Exception], ...] = (OpenCodeError, httpx.HTTPError)
+    # `server.connected` is the stream's first frame, sent at once. A request that reaches OpenCode while
+    # it is still starting up can hang without ever getting it; waiting the full silence limit for that
+    # would leave the mirror 30 s behind after every agent restart.
+    first_frame_limit = 5.0
+    # OpenCode sends `server.heartbeat` every 10 s; three missed ones mean the connection is dead.
+    silence_limit = 30.0
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], target: SyncTarget) -> None:
+        self.mirror = OpenCodeMirror(sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
+        self.label = f"sync {target.sandbox_id}"
+        self._sessions = sessions
+        self._url = target.opencode_url
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[tuple[OpenCodeClient, AsyncIterator[JSON]]]:
+        """A client and its event stream."""
+        async with OpenCodeClient(self._url) as client:
+            yield client, client.events().__aiter__()
+
+    def opens(self, frame: JSON) -> bool:
+        """``server.connected`` opens the stream."""
+        return frame.get("type") == "server.connected"
+
+    async def dispatch(self, client: OpenCodeClient, frame: JSON, *, first: bool) -> ReconcileReport | bool:
+        """Reconcile on ``server.connected``, skip heartbeats, feed everything else to the mirror."""
+        kind = frame.get("type")
+        if kind == "server.connected":
+            return await self.mirror.reconcile(client)
+        if kind == "server.heartbeat":
+            return False
+        await self.mirror.feed(frame)
+        return True
+
+    async def disconnected(self) -> None:
+        """Write what the lost connection delivered; a database error keeps it buffered for the next flush."""
+        with contextlib.suppress(SQLAlchemyError):
+            await self.mirror.flush()
+
+    async def save_status(self, status: SyncStatus) -> None:
+        """Persist the status the chat API shows (``chat_sync_state``)."""
+        await commit_sync_status(self._sessions, ChatSyncState, self.mirror.sandbox_id, status)
+
+
+__all__ = ["OpenCodeMirror", "OpenCodeStream", "judge_upstream"]

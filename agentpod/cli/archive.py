@@ -55,7 +55,7 @@ async def _with_client(action: Callable[[Client], Awaitable[int]]) -> int:
     # Imported here: `agentpod --help` should not pay for loading the Temporal SDK.
     from agentpod import temporal
     from agentpod.settings import get_settings
-    from workflows.schedules import ScheduleMissingError
+    from workflows.archival_client import ScheduleMissingError
 
     settings = get_settings()
     try:
@@ -92,7 +92,7 @@ async def run_now(
 ) -> int:
     """Trigger a run and (with ``wait``) print its progress until it ends. Exit code 0 when it completed."""
     from workflows.archival import ArchivalWorkflow
-    from workflows.schedules import trigger_archival
+    from workflows.archival_client import trigger_archival
 
     workflow_id = await trigger_archival(client, schedule_id=schedule_id)
     echo(f"archival run {workflow_id} started (Web UI: search for this workflow id)")
@@ -142,7 +142,7 @@ def _render_run(run: ArchivalRun) -> str:
 
 async def show_status(client: Client, echo: Echo, *, schedule_id: str = ARCHIVAL_SCHEDULE_ID) -> int:
     """Print the schedule's status."""
-    from workflows.schedules import archival_status
+    from workflows.archival_client import archival_status
 
     for line in render_status(await archival_status(client, schedule_id=schedule_id)):
         echo(line)

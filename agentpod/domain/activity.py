@@ -1,4 +1,4 @@
-"""The audit-trail event every feature records."""
+"""The audit-trail event every feature records, and how a workflow hands one to the writer."""
 
 from __future__ import annotations
 
@@ -17,3 +17,10 @@ class ActivityEvent(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     ip_address: str | None = None
     user_agent: str | None = None
+
+
+class RecordActivityInput(BaseModel):
+    """An event plus the id that makes retries write it once (argument of ``record_activity``)."""
+
+    event_id: str
+    event: ActivityEvent

@@ -31,6 +31,16 @@ class DesiredState(StrEnum):
     DELETED = "deleted"
 
 
+class SandboxTransition(StrEnum):
+    """What a caller may ask of a sandbox; each value is the name of the ``SandboxWorkflow`` update that
+    carries it (``workflows.sandbox_client`` sends the update through its typed handle)."""
+
+    START = "start"
+    STOP = "stop"
+    RECONFIGURE = "reconfigure"
+    DELETE = "delete"
+
+
 def container_name(sandbox_id: str) -> str:
     """Docker name of a sandbox's container (unique: Docker refuses a second one)."""
     return f"{CONTAINER_PREFIX}-{sandbox_id}"
@@ -150,6 +160,31 @@ class PushCredentialsInput(BaseModel):
 
     user_id: str
     opencode_url: str
+
+
+class DeliverConfigInput(BaseModel):
+    """Whose agent config goes into which sandbox (the activity fetches the secrets itself)."""
+
+    sandbox_id: str
+    user_id: str
+
+
+class WaitHealthyInput(BaseModel):
+    """Where OpenCode (and the ACP gateway) listen (e.g. ``http://127.0.0.1:49153``) and how long to wait."""
+
+    base_url: str
+    timeout_seconds: float = Field(60.0, gt=0)
+    # When set, the container is watched too: one that exited fails the wait at once, not at the timeout.
+    sandbox_id: str | None = None
+    # When set, the ACP gateway must answer its /health too before the sandbox counts as running.
+    gateway_url: str | None = None
+
+
+class RemoveContainerInput(BaseModel):
+    """Which sandbox's container to remove, and whether its volumes (all its data) go too."""
+
+    sandbox_id: str
+    remove_volumes: bool = False
 
 
 class SandboxRecord(BaseModel):

@@ -17,7 +17,6 @@ from agentpod.domain.chat import SyncStatus
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import SessionRow, ensure_session, find_session, list_sessions
 from agentpod.store.tables import AcpSyncState, ChatMessage, ChatSession, Sandbox
-from agentpod.store.write_gate import begin_write
 
 SOURCE = "acp_gateway"
 
@@ -111,16 +110,3 @@ async def load_acp_status(db: AsyncSession, sandbox_id: str) -> SyncStatus:
     """The ACP mirror's last saved status (defaults when it never ran)."""
     row = await db.get(AcpSyncState, sandbox_id)
     return SyncStatus.model_validate(row.status) if row is not None and row.status else SyncStatus()
-
-
-async def save_acp_status(db: AsyncSession, sandbox_id: str, status: SyncStatus) -> None:
-    """Persist the ACP mirror's status (no-op once the sandbox is gone)."""
-    await begin_write(db)
-    row = await db.get(AcpSyncState, sandbox_id)
-    if row is None:
-        if await db.get(Sandbox, sandbox_id) is None:
-            return
-        row = AcpSyncState(sandbox_id=sandbox_id, status={})
-        db.add(row)
-    row.status = status.model_dump(mode="json")
-    row.updated_at = utcnow()

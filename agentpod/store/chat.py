@@ -19,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Row, and_, bindparam, exists, false, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from agentpod.chat_mirror.opencode_mapping import session_values
 from agentpod.store.base import utcnow
+from agentpod.store.chat_sync import ensure_session
+from agentpod.store.dialect_insert import dialect_of, insert_for
 from agentpod.store.sqlite_inline import inline_reads
 from agentpod.store.tables import AuthSession, ChatMessage, ChatSession, Sandbox, User
 
@@ -277,40 +279,44 @@ async def archive_session(db: AsyncSession, session: ChatSession) -> bool:
     return True
 
 
-def _ms(value: object) -> datetime | None:
-    return EPOCH + timedelta(milliseconds=value) if isinstance(value, int | float) else None
-
-
 async def upsert_opencode_session(db: AsyncSession, sandbox: Sandbox, upstream: dict[str, Any]) -> ChatSession:
     """The row for a session just created in OpenCode (``upstream`` is its Session JSON).
 
-    Keyed like the sync's upsert, (sandbox_id, opencode_session_id): whichever writes first wins and
-    the other leaves the row alone, so the app sees the session at once and never twice.
+    Read by the mirror's own mapping, and keyed like the sync's upsert, (sandbox_id, opencode_session_id):
+    whichever writes first wins and the other leaves the row alone, so the app sees the session at once
+    and never twice, linked to its parent session (``parentID``) like the mirror links it.
     """
-    raw_times = upstream.get("time")
-    times: dict[str, Any] = raw_times if isinstance(raw_times, dict) else {}
-    title = upstream.get("title")
-    values = {
-        "sandbox_id": sandbox.id,
-        "user_id": sandbox.user_id,
-        "source": "opencode",
-        "opencode_session_id": str(upstream["id"]),
-        "title": title[:500] if isinstance(title, str) else None,
-        "upstream_created_at": _ms(times.get("created")),
-        "upstream_updated_at": _ms(times.get("updated")),
-    }
-    dialect = db.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = session_values(upstream)
+    parent_id: str | None = None
+    if values.parent_external_session_id:
+        parent = await ensure_session(
+            db,
+            sandbox_id=sandbox.id,
+            user_id=sandbox.user_id,
+            source=values.source,
+            external_session_id=values.parent_external_session_id,
+            now=utcnow(),
+        )
+        parent_id = parent.id
     await db.execute(
-        insert(ChatSession)
-        .values(**values)
+        insert_for(dialect_of(db), ChatSession)
+        .values(
+            sandbox_id=sandbox.id,
+            user_id=sandbox.user_id,
+            source=values.source,
+            opencode_session_id=values.external_session_id,
+            parent_session_id=parent_id,
+            title=values.title[:500] if values.title else None,  # the column's width
+            upstream_created_at=values.upstream_created_at,
+            upstream_updated_at=values.upstream_updated_at,
+        )
         .on_conflict_do_nothing(index_elements=["sandbox_id", "opencode_session_id"])
     )
     row = await db.scalar(
         select(ChatSession)
         .where(
             ChatSession.sandbox_id == sandbox.id,
-            ChatSession.opencode_session_id == values["opencode_session_id"],
+            ChatSession.opencode_session_id == values.external_session_id,
         )
         .execution_options(populate_existing=True)
     )

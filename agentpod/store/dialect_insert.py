@@ -12,6 +12,8 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentpod.store.base import Base
+
 
 def dialect_of(db: AsyncSession) -> str:
     """``postgresql`` or ``sqlite``; anything else raises (upserts need one of the two)."""
@@ -21,6 +23,6 @@ def dialect_of(db: AsyncSession) -> str:
     return dialect
 
 
-def insert_for(dialect: str, table: Table) -> Any:
-    """The dialect's INSERT construct."""
+def insert_for(dialect: str, table: Table | type[Base]) -> Any:
+    """The dialect's INSERT construct, into a table or a mapped class (``dialect``: see :func:`dialect_of`)."""
     return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)

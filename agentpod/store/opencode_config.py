@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentpod.security.encryption import DecryptionError, context, decrypt, encrypt, hint
 from agentpod.security.keyring import Keyring
 from agentpod.store.base import new_id, utcnow
+from agentpod.store.dialect_insert import dialect_of, insert_for
 from agentpod.store.tables import UserOpencodeConfig, UserOpencodeFile
 
 SECRET_SECTIONS = ("environment", "headers")
@@ -132,9 +132,8 @@ async def put_config(
     sealed = encrypt(keyring, json.dumps(secrets), where=secrets_where(user_id)) if secrets else None
     now = utcnow()
     values = {"settings": public, "secrets_encrypted": sealed, "agents_md": agents_md, "updated_at": now}
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
     await db.execute(
-        dialect.insert(UserOpencodeConfig)
+        insert_for(dialect_of(db), UserOpencodeConfig)
         .values(id=new_id(), user_id=user_id, created_at=now, **values)
         .on_conflict_do_update(index_elements=["user_id"], set_=values)
     )
@@ -173,10 +172,9 @@ async def create_file(db: AsyncSession, user_id: str, *, type: str, name: str, c
     if (count or 0) >= MAX_FILES:
         raise FileLimitError(f"at most {MAX_FILES} files")
     now = utcnow()
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
     # ON CONFLICT DO NOTHING: a duplicate is an answer, not an aborted transaction.
     file_id = await db.scalar(
-        dialect.insert(UserOpencodeFile)
+        insert_for(dialect_of(db), UserOpencodeFile)
         .values(
             id=new_id(),
             user_id=user_id,

@@ -14,10 +14,10 @@ from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentpod.store.base import new_id, utcnow
+from agentpod.store.dialect_insert import dialect_of, insert_for
 from agentpod.store.sandboxes import validate_catalog_choices
 from agentpod.store.tables import UserPreferences
 from agentpod.store.tables.preferences_history import UserPreferencesHistory
@@ -109,10 +109,9 @@ async def get_or_create(db: AsyncSession, user_id: str) -> UserPreferences:
     row = await get(db, user_id)
     if row is not None:
         return row
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
     now = utcnow()
     inserted = await db.scalar(
-        dialect.insert(UserPreferences)
+        insert_for(dialect_of(db), UserPreferences)
         .values(id=new_id(), user_id=user_id, settings_version=1, created_at=now, updated_at=now, **defaults())
         .on_conflict_do_nothing(index_elements=[UserPreferences.user_id])
         .returning(UserPreferences.id)

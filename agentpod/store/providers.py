@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentpod.security.encryption import DecryptionError, context, decrypt, encrypt, hint
 from agentpod.security.keyring import Keyring
 from agentpod.store.base import new_id, utcnow
+from agentpod.store.dialect_insert import dialect_of, insert_for
 from agentpod.store.tables import ProviderCredential, UserOpencodeConfig
 
 API_KEY = "api_key"
@@ -83,9 +83,8 @@ async def put_api_key(
     if make_default is not None:
         values["is_default"] = make_default
     # One statement, so two devices saving the same provider at once cannot both insert.
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
     await db.execute(
-        dialect.insert(ProviderCredential)
+        insert_for(dialect_of(db), ProviderCredential)
         .values(id=new_id(), user_id=user_id, provider_id=provider_id, created_at=now, **values)
         .on_conflict_do_update(index_elements=["user_id", "provider_id"], set_=values)
     )

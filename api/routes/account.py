@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
 from fastapi.responses import StreamingResponse
-from temporalio.service import RPCError
 
 from agentpod.domain.account import DELETION_PHRASE, STEP_TITLES, DeletionStatus, DeletionStep
 from agentpod.security.encryption import mac, mac_matches
@@ -22,7 +21,7 @@ from agentpod.security.keyring import Keyring
 from agentpod.store import account
 from api.audit import audit
 from api.deps import Context, CurrentUser, DbSession, SettingsDep
-from api.errors import ERROR_RESPONSES, ApiError, BadRequest, NotFound
+from api.errors import ERROR_RESPONSES, BadRequest, NotFound, temporal_unavailable_as_503
 from api.schemas.account import (
     AccountCounts,
     AccountDeleteIn,
@@ -32,7 +31,7 @@ from api.schemas.account import (
     DeletionStepOut,
 )
 from api.schemas.auth import UserOut
-from workflows.account_deletion import deletion_status, start_deletion
+from workflows.account_deletion_client import deletion_status, start_deletion
 
 router = APIRouter(prefix="/api/account", tags=["account"], responses=ERROR_RESPONSES)
 
@@ -51,10 +50,6 @@ def deletion_user(keyring: Keyring, value: str) -> str | None:
     user_id, _, tag = value.rpartition(".")
     # compare_digest refuses non-ASCII text (a TypeError: a 500 on this public route); no MAC of ours has any.
     return user_id if user_id and tag.isascii() and mac_matches(keyring, _MAC_PURPOSE, user_id, tag) else None
-
-
-def _temporal_down() -> ApiError:
-    return ApiError("the workflow service is unavailable; try again shortly", status=503, code="temporal_unavailable")
 
 
 @router.get("")
@@ -96,11 +91,9 @@ async def delete_account(
     """
     if body.confirmation != DELETION_PHRASE:
         raise BadRequest(f"type exactly {DELETION_PHRASE!r} to confirm", code="confirmation_mismatch")
-    try:
+    async with temporal_unavailable_as_503():
         start = start_deletion(ctx.temporal, user.id, task_queue=settings.temporal_task_queue)
         await asyncio.wait_for(start, _TEMPORAL_TIMEOUT_SECONDS)
-    except (RPCError, RuntimeError, TimeoutError):
-        raise _temporal_down() from None
     found = deletion_id(ctx.keyring, user.id)
     return DeletionAccepted(deletion_id=found, status_url=f"{router.prefix}/deletion/{found}")
 
@@ -111,10 +104,8 @@ async def get_deletion(deletion_id: Annotated[str, Path(max_length=200)], ctx: C
     user_id = deletion_user(ctx.keyring, deletion_id)
     if user_id is None:
         raise NotFound("no such deletion", code="deletion_not_found")
-    try:
+    async with temporal_unavailable_as_503():
         found = await asyncio.wait_for(deletion_status(ctx.temporal, user_id), _TEMPORAL_TIMEOUT_SECONDS)
-    except (RPCError, RuntimeError, TimeoutError):
-        raise _temporal_down() from None
     if found is None:
         raise NotFound("no such deletion", code="deletion_not_found")
     return _status_out(deletion_id, found)

@@ -7,11 +7,11 @@ owner-scoped through the sandbox: another user's sandbox, session or request is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Path, status
 
 from agentpod.clients.acp import (
     AcpGatewayClient,
@@ -25,11 +25,11 @@ from agentpod.store import chat
 from agentpod.store.acp_sync import claim_session
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import lock_sandbox_chats
-from agentpod.store.tables import ChatSession, Sandbox
+from agentpod.store.tables import Sandbox
 from api.audit import AuditEntry, audit
-from api.deps import Context, DbSession, OwnedSandbox
+from api.deps import AcpClients, AcpGatewayFactory, Context, DbSession, OwnedAcpSession, OwnedSandbox
 from api.errors import ERROR_RESPONSES, ApiError, Conflict, ErrorResponse, NotFound
-from api.routes.chat import OwnedChatSession, require_model_source
+from api.routes.chat import require_model_source
 from api.schemas.acp import (
     AcpAgentList,
     AcpAgentOut,
@@ -49,15 +49,6 @@ router = APIRouter(
     responses={**ERROR_RESPONSES, 502: {"model": ErrorResponse, "description": "The sandbox's gateway failed"}},
 )
 
-AcpGatewayFactory = Callable[[str, Sequence[str]], AcpGatewayClient]
-
-
-async def get_acp_factory() -> AcpGatewayFactory:
-    """Builds a gateway client for a base URL and its candidate secrets."""
-    return AcpGatewayClient
-
-
-AcpClients = Annotated[AcpGatewayFactory, Depends(get_acp_factory)]
 RequestId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
@@ -92,18 +83,6 @@ async def _gateway(ctx: Context, clients: AcpGatewayFactory, sandbox: Sandbox) -
         ) from None
     finally:
         await client.aclose()
-
-
-async def get_acp_session(session: OwnedChatSession) -> ChatSession:
-    """The caller's chat session, which must be an ACP one (404 otherwise, 409 if the agent lost it)."""
-    if session.source != "acp_gateway" or not session.acp_session_id:
-        raise NotFound("ACP session not found", code="acp_session_not_found")
-    if session.missing_upstream_at is not None:
-        raise Conflict("the gateway no longer has this session", code="upstream_session_missing")
-    return session
-
-
-OwnedAcpSession = Annotated[ChatSession, Depends(get_acp_session)]
 
 
 @router.get("/agents")

@@ -8,22 +8,33 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from agentpod.clients.opencode import OpenCodeClient, OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
+from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
 from agentpod.settings import Settings
 from agentpod.store import chat, providers
 from agentpod.store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
 from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import AuditEntry, audit
-from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, StreamTiming, get_stream_timing, relay
-from api.deps import Auth, Context, CurrentUser, DbSession, OwnedSandbox, SettingsDep, sandbox_not_found
-from api.errors import ERROR_RESPONSES, ApiError, BadRequest, Conflict, ErrorResponse, NotFound
+from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, relay
+from api.deps import (
+    Auth,
+    ChatStreamTiming,
+    Context,
+    DbSession,
+    OpenCodeChat,
+    OpenCodeClients,
+    OpenCodeFactory,
+    OwnedChatSession,
+    OwnedSandbox,
+    SettingsDep,
+)
+from api.errors import ERROR_RESPONSES, ApiError, BadRequest, Conflict, ErrorResponse
 from api.schemas.chat import (
     ChatAbortAccepted,
     ChatMessageAccepted,
@@ -44,46 +55,7 @@ router = APIRouter(
 
 DETAIL_MESSAGES = 50
 
-# --- OpenCode access (injectable: tests substitute a fake speaking the same interface) --------------
-
-
-class OpenCodeChat(Protocol):
-    """The part of :class:`OpenCodeClient` the chat routes use (tests substitute a fake)."""
-
-    async def create_session(self, title: str | None = None) -> dict[str, Any]:
-        """``POST /session``; returns OpenCode's Session object."""
-        ...
-
-    async def prompt_async(
-        self,
-        session_id: str,
-        text: str,
-        *,
-        model: tuple[str, str] | None = None,
-        agent: str | None = None,
-        message_id: str | None = None,
-    ) -> None:
-        """``POST /session/{id}/prompt_async``: answers once queued; the reply arrives as events."""
-        ...
-
-    async def abort(self, session_id: str) -> bool:
-        """``POST /session/{id}/abort``."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release the connection pool."""
-        ...
-
-
-OpenCodeFactory = Callable[[str], OpenCodeChat]
-
-
-async def get_opencode_factory() -> OpenCodeFactory:
-    """Builds an OpenCode client for a base URL."""
-    return OpenCodeClient
-
-
-OpenCodeClients = Annotated[OpenCodeFactory, Depends(get_opencode_factory)]
+# --- OpenCode access (the client factory is a dependency: tests substitute a fake) -------------------
 
 _LOCAL_DOMAINS = ("localhost", "127.0.0.1")
 
@@ -164,23 +136,8 @@ async def require_model_source(db: DbSession, sandbox: Sandbox, settings: Settin
         )
 
 
-# --- Shared dependencies and helpers ---------------------------------------------------------------
+# --- Shared helpers --------------------------------------------------------------------------------
 
-
-async def get_chat_session(sandbox_id: str, session_id: str, user: CurrentUser, db: DbSession) -> ChatSession:
-    """The session ``session_id`` of the caller's sandbox ``sandbox_id`` (404 naming which is missing).
-
-    One query for both checks (the busiest routes are a session's): not :data:`OwnedSandbox` and then the session.
-    """
-    owns_sandbox, session = await chat.get_owned_session(db, user.id, sandbox_id, session_id)
-    if not owns_sandbox:
-        raise sandbox_not_found()
-    if session is None:
-        raise NotFound("chat session not found", code="chat_session_not_found")
-    return session
-
-
-OwnedChatSession = Annotated[ChatSession, Depends(get_chat_session)]
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
 MessageLimit = Annotated[int, Query(ge=1, le=200, description="Page size (1-200).")]
@@ -370,7 +327,7 @@ async def stream(
     auth: Auth,
     db: DbSession,
     ctx: Context,
-    timing: Annotated[StreamTiming, Depends(get_stream_timing)],
+    timing: ChatStreamTiming,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=200)] = None,
     last_event_id: Annotated[
         str | None, Query(max_length=200, description="For clients that cannot set headers.")

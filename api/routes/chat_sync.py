@@ -16,7 +16,7 @@ from agentpod.store.sync_state import load_sync_status
 from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import not_audited
 from api.deps import DbSession, OwnedSandbox, TemporalClient
-from api.errors import ERROR_RESPONSES, ApiError, Conflict, NotFound
+from api.errors import ERROR_RESPONSES, Conflict, NotFound, temporal_unavailable_as_503
 from workflows.ids import sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 
@@ -41,6 +41,7 @@ async def sync_status(sandbox: OwnedSandbox, db: DbSession) -> SyncStatusOut:
     )
 
 
+@temporal_unavailable_as_503()  # what the handler lets through: the lazy client could not connect
 async def _reconcile_now(temporal: TemporalClient, sandbox: Sandbox) -> ReconcileReport:
     if sandbox.status != "running":
         raise Conflict("the sandbox is not running; its stored history is already complete", code="sandbox_not_running")
@@ -49,11 +50,6 @@ async def _reconcile_now(temporal: TemporalClient, sandbox: Sandbox) -> Reconcil
         return await handle.execute_update(OpenCodeSyncWorkflow.reconcile_now, rpc_timeout=timedelta(minutes=2))
     except (RPCError, WorkflowUpdateFailedError):
         raise Conflict("the chat sync is not running for this sandbox right now", code="sync_not_running") from None
-    except RuntimeError:
-        # The lazy Temporal client could not connect at all.
-        raise ApiError(
-            "the workflow service is unavailable; try again shortly", status=503, code="temporal_unavailable"
-        ) from None
 
 
 @router.post("/sync", dependencies=[not_audited("refreshes our mirror from the agent; changes nothing the user owns")])

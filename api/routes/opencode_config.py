@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 
 from agentpod.security.encryption import DecryptionError
 from agentpod.store import opencode_config
-from agentpod.store.tables import UserOpencodeFile
+from agentpod.store.tables import UserOpencodeConfig, UserOpencodeFile
 from api.audit import AuditEntry, audit
-from api.deps import Context, CurrentUser, DbSession
-from api.errors import ERROR_RESPONSES, Conflict, NotFound
+from api.deps import Context, CurrentUser, DbSession, OwnedFile
+from api.errors import ERROR_RESPONSES, Conflict
 from api.schemas.opencode_config import (
     OpencodeConfigIn,
     OpencodeConfigOut,
@@ -44,15 +44,8 @@ def _file_out(row: UserOpencodeFile) -> OpencodeFileOut:
     return OpencodeFileOut(**_summary(row).model_dump(), content=row.content)
 
 
-async def get_owned_file(file_id: str, user: CurrentUser, db: DbSession) -> UserOpencodeFile:
-    """The caller's file ``file_id`` (another user's is a 404 like a missing one)."""
-    row = await opencode_config.get_file(db, user.id, file_id)
-    if row is None:
-        raise NotFound("file not found", code="file_not_found")
-    return row
-
-
-OwnedFile = Annotated[UserOpencodeFile, Depends(get_owned_file)]
+def _config_out(row: UserOpencodeConfig) -> OpencodeConfigOut:
+    return OpencodeConfigOut(settings=row.settings, agents_md=row.agents_md, updated_at=row.updated_at)
 
 
 @router.get("/config")
@@ -61,7 +54,7 @@ async def get_config(user: CurrentUser, db: DbSession) -> OpencodeConfigOut:
     row = await opencode_config.get_config(db, user.id)
     if row is None:
         return OpencodeConfigOut(settings={}, agents_md=None, updated_at=None)
-    return OpencodeConfigOut(settings=row.settings, agents_md=row.agents_md, updated_at=row.updated_at)
+    return _config_out(row)
 
 
 @router.put("/config")
@@ -82,7 +75,7 @@ async def put_config(
         ) from None
     await entry.record(db, mcp_servers=len(body.settings.get("mcp", {})), agents_md=body.agents_md is not None)
     await db.commit()
-    return OpencodeConfigOut(settings=row.settings, agents_md=row.agents_md, updated_at=row.updated_at)
+    return _config_out(row)
 
 
 @router.get("/files")
@@ -129,11 +122,11 @@ async def update_file(
         changed = await opencode_config.update_file(db, row, name=body.name, content=body.content)
     except opencode_config.DuplicateFileError as error:
         raise Conflict(str(error), code="duplicate_file") from None
-    if not changed:
+    if changed:
+        await entry.record(db, type=row.type, name=row.name)
+        await db.commit()
+    else:
         entry.skip()
-        return _file_out(row)
-    await entry.record(db, type=row.type, name=row.name)
-    await db.commit()
     return _file_out(row)
 
 

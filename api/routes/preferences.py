@@ -15,23 +15,29 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agentpod.domain.activity import ActivityEvent
-from agentpod.domain.sandbox import Actor
 from agentpod.notify import Notifier
 from agentpod.notify.sse import Versioned, versioned_stream
 from agentpod.store import preferences as prefs
-from agentpod.store.activity import record_activity
 from agentpod.store.sandboxes import CatalogError
-from agentpod.store.tables import User
+from agentpod.store.tables import UserPreferences
 from agentpod.store.users import resolve_token
-from api.audit import audit
-from api.deps import Auth, Context, CurrentUser, DbSession, RequestActor, SettingsDep
+from api.audit import AuditEntry, audit
+from api.deps import (
+    Auth,
+    Context,
+    CurrentUser,
+    DbSession,
+    HeartbeatSeconds,
+    NotifierDep,
+    PreferencesWrite,
+    PreferencesWriter,
+)
 from api.errors import (
     ERROR_RESPONSES,
     ApiError,
@@ -63,13 +69,8 @@ router = APIRouter(prefix="/api/users/me/preferences", tags=["preferences"], res
 
 _ETAG = re.compile(r'^(?:W/)?"(\d{1,18})"$')
 
-IfMatch = Annotated[
-    str | None,
-    Header(
-        description='`"<version>"`, `W/"<version>"` (a comma-separated list matches any) or `*`. '
-        "A stale value gets 412 with the current state, and nothing changes."
-    ),
-]
+# Every write is this action; the handler records it with the version it made, in the write's transaction.
+PreferencesAudit = Annotated[AuditEntry, audit("preferences.update", entity="preferences", with_request_id=False)]
 
 
 def channel(user_id: str) -> str:
@@ -77,79 +78,41 @@ def channel(user_id: str) -> str:
     return f"preferences:{user_id}"
 
 
-async def get_notifier(request: Request) -> Notifier:
-    """The process's notifier (``AppContext.notifier``, started and closed by the app lifespan)."""
-    notifier: Notifier = request.app.state.ctx.notifier
-    return notifier
-
-
-async def get_heartbeat_seconds(settings: SettingsDep) -> float:
-    """Idle seconds between stream heartbeats (``AGENTPOD_SSE_HEARTBEAT_SECONDS``)."""
-    return settings.sse_heartbeat_seconds
-
-
-NotifierDep = Annotated[Notifier, Depends(get_notifier)]
-HeartbeatSeconds = Annotated[float, Depends(get_heartbeat_seconds)]
-
-
 @router.get("")
 async def get_preferences(user: CurrentUser, db: DbSession, response: Response) -> PreferencesOut:
     """The caller's preferences (created with the defaults on first use)."""
-    row = await prefs.get_or_create(db, user.id)
-    await db.commit()
+    row = await _stored(db, user.id)
     return _respond(PreferencesOut.model_validate(row), response)
 
 
-@router.put("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
+@router.put("")
 async def replace_preferences(
-    body: PreferencesReplace,
-    user: CurrentUser,
-    db: DbSession,
-    notifier: NotifierDep,
-    actor: RequestActor,
-    response: Response,
-    if_match: IfMatch = None,
+    body: PreferencesReplace, write: PreferencesWriter, entry: PreferencesAudit
 ) -> PreferencesOut:
     """Replace the whole document: fields left out get their defaults."""
     wanted = {**prefs.defaults(), **body.model_dump()}
-    return await _write(db, notifier, user, actor, response, lambda _: wanted, action="replace", if_match=if_match)
+    return await _write(write, entry, lambda _: wanted, action="replace")
 
 
-@router.patch("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
+@router.patch("")
 async def update_preferences(
-    body: PreferencesPatch,
-    user: CurrentUser,
-    db: DbSession,
-    notifier: NotifierDep,
-    actor: RequestActor,
-    response: Response,
-    if_match: IfMatch = None,
+    body: PreferencesPatch, write: PreferencesWriter, entry: PreferencesAudit
 ) -> PreferencesOut:
     """Change the fields sent. Sending values already stored creates no new version."""
     changes = body.model_dump(exclude_unset=True)
-    return await _write(db, notifier, user, actor, response, lambda _: changes, action="update", if_match=if_match)
+    return await _write(write, entry, lambda _: changes, action="update")
 
 
-@router.delete("", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
-async def reset_preferences(
-    user: CurrentUser,
-    db: DbSession,
-    notifier: NotifierDep,
-    actor: RequestActor,
-    response: Response,
-    if_match: IfMatch = None,
-) -> PreferencesOut:
+@router.delete("")
+async def reset_preferences(write: PreferencesWriter, entry: PreferencesAudit) -> PreferencesOut:
     """Reset to the defaults, as a new version (never back to version 1)."""
-    return await _write(
-        db, notifier, user, actor, response, lambda _: prefs.defaults(), action="reset", if_match=if_match, always=True
-    )
+    return await _write(write, entry, lambda _: prefs.defaults(), action="reset", always=True)
 
 
 @router.get("/version")
 async def get_version(user: CurrentUser, db: DbSession, response: Response) -> PreferencesVersionOut:
     """The current version only."""
-    row = await prefs.get_or_create(db, user.id)
-    await db.commit()
+    row = await _stored(db, user.id)
     response.headers["ETag"] = _etag(row.settings_version)
     return PreferencesVersionOut(settings_version=row.settings_version)
 
@@ -162,8 +125,7 @@ async def sync_preferences(
     version: Annotated[int, Query(ge=0, description="The version the device holds (0: none).")],
 ) -> PreferencesSyncOut:
     """Whether a device holding ``version`` is behind, and the state to adopt if it must update."""
-    row = await prefs.get_or_create(db, user.id)
-    await db.commit()
+    row = await _stored(db, user.id)
     current = row.settings_version
     status: SyncStatus = "current" if version == current else "behind" if version < current else "ahead"
     response.headers["ETag"] = _etag(current)
@@ -179,8 +141,7 @@ async def sync_preferences(
 @router.get("/history")
 async def get_history(user: CurrentUser, db: DbSession, response: Response) -> PreferencesHistoryOut:
     """The last versions, newest first (each with its full values, so any can be restored)."""
-    row = await prefs.get_or_create(db, user.id)
-    await db.commit()
+    row = await _stored(db, user.id)
     entries = await prefs.history(db, user.id)
     response.headers["ETag"] = _etag(row.settings_version)
     return PreferencesHistoryOut(
@@ -199,37 +160,22 @@ async def get_history(user: CurrentUser, db: DbSession, response: Response) -> P
     )
 
 
-@router.post("/restore/{version}", dependencies=[audit("preferences.update", entity="user", recorded_by="handler")])
+@router.post("/restore/{version}")
 async def restore_preferences(
     version: Annotated[int, Path(ge=1, description="A version listed by `/history`.")],
-    user: CurrentUser,
-    db: DbSession,
-    notifier: NotifierDep,
-    actor: RequestActor,
-    response: Response,
-    if_match: IfMatch = None,
+    write: PreferencesWriter,
+    entry: PreferencesAudit,
 ) -> PreferencesOut:
     """Make the values of ``version`` current again, as a new version."""
-    await prefs.get_or_create(db, user.id)
+    await prefs.get_or_create(write.db, write.user.id)
     # The column is a 32-bit integer: a larger number is no kept version (and must not reach the database).
-    values = await prefs.snapshot(db, user.id, version) if version < 2**31 else None
+    values = await prefs.snapshot(write.db, write.user.id, version) if version < 2**31 else None
     if values is None:
         raise NotFound(
             f"version {version} is not among the kept versions (the last {prefs.HISTORY_LIMIT})",
             code="version_not_found",
         )
-    return await _write(
-        db,
-        notifier,
-        user,
-        actor,
-        response,
-        lambda _: values,
-        action="restore",
-        if_match=if_match,
-        always=True,
-        restored_from=version,
-    )
+    return await _write(write, entry, lambda _: values, action="restore", always=True, restored_from=version)
 
 
 @router.get(
@@ -268,8 +214,7 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     async def current() -> Versioned:
         async with sessions() as db:
-            row = await prefs.get_or_create(db, user_id)
-            await db.commit()
+            row = await _stored(db, user_id)
         out = PreferencesOut.model_validate(row)
         return Versioned(out.settings_version, out.model_dump_json())
 
@@ -303,26 +248,23 @@ def _parse_pushed(payload: str) -> Versioned:
 
 
 async def _write(
-    db: AsyncSession,
-    notifier: Notifier,
-    user: User,
-    actor: Actor,
-    response: Response,
+    write: PreferencesWrite,
+    entry: AuditEntry,
     target: Callable[[prefs.Values], prefs.Values],
     *,
     action: str,
-    if_match: str | None,
     always: bool = False,
     restored_from: int | None = None,
 ) -> PreferencesOut:
     """One versioned write: precondition, audit record, commit, then push to the user's devices."""
+    db = write.db
     try:
         written = await prefs.write(
             db,
-            user.id,
+            write.user.id,
             target,
             action=action,
-            expected=_expected_versions(if_match),
+            expected=_expected_versions(write.if_match),
             always_new_version=always,
             restored_from=restored_from,
         )
@@ -340,25 +282,16 @@ async def _write(
         raise Conflict("preferences are being changed concurrently; retry", code="concurrent_write") from None
     out = PreferencesOut.model_validate(written.row)
     if written.new_version:
-        metadata: dict[str, object] = {"fields": written.changed, "version": out.settings_version, "via": action}
-        if restored_from is not None:
-            metadata["restored_from"] = restored_from
-        await record_activity(
-            db,
-            ActivityEvent(
-                user_id=user.id,
-                action="preferences.update",
-                entity_type="preferences",
-                entity_id=written.row.id,
-                metadata=metadata,
-                ip_address=actor.ip_address,
-                user_agent=actor.user_agent,
-            ),
+        restored = {} if restored_from is None else {"restored_from": restored_from}
+        await entry.record(
+            db, entity_id=written.row.id, fields=written.changed, version=out.settings_version, via=action, **restored
         )
+    else:
+        entry.skip()  # the values were already stored: no new version, nothing to record
     await db.commit()
     if written.new_version:
-        await _push(notifier, user.id, out)
-    return _respond(out, response)
+        await _push(write.notifier, write.user.id, out)
+    return _respond(out, write.response)
 
 
 async def _push(notifier: Notifier, user_id: str, out: PreferencesOut) -> None:
@@ -400,6 +333,13 @@ def _catalog_error(error: CatalogError, action: str) -> ApiError:
         code="validation_error",
         details=[{"loc": ["body", field], "msg": "not offered by the catalog", "type": "unknown_catalog_item"}],
     )
+
+
+async def _stored(db: AsyncSession, user_id: str) -> UserPreferences:
+    """The user's preferences row, created with the defaults on first use (and committed at once)."""
+    row = await prefs.get_or_create(db, user_id)
+    await db.commit()
+    return row
 
 
 def _etag(version: int) -> str:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response, status
 
-from agentpod.domain.activity import ActivityEvent
-from agentpod.domain.sandbox import Actor
+from agentpod.domain.sandbox import SandboxTransition
 from agentpod.store import sandboxes
-from agentpod.store.activity import record_activity
 from agentpod.store.tables import Sandbox
-from api.audit import audit
-from api.deps import CurrentUser, DbSession, OwnedSandbox, RequestActor
+from api.audit import AuditEntry, audit
+from api.deps import CurrentUser, DbSession, OwnedSandbox, Transitions
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict
-from api.sandbox_workflows import Transitions
 from api.schemas.sandboxes import SandboxCreate, SandboxList, SandboxOut, SandboxUpdate
 
 router = APIRouter(prefix="/api/v2/sandboxes", tags=["sandboxes"], responses=ERROR_RESPONSES)
@@ -28,7 +25,14 @@ def _catalog_error(error: sandboxes.CatalogError) -> BadRequest:
     return BadRequest(str(error), code="unknown_catalog_item", details={"field": error.field, "value": error.value})
 
 
-async def _fresh(db: DbSession, sandbox: Sandbox) -> SandboxOut:
+def _duplicate_name(name: str) -> Conflict:
+    return Conflict(f"you already have a sandbox named {name!r}", code="duplicate_name")
+
+
+async def _answer(db: DbSession, sandbox: Sandbox, response: Response, *, finished: bool) -> SandboxOut:
+    """The sandbox as stored now; 202 when the transition asked for is still in progress."""
+    if not finished:
+        response.status_code = status.HTTP_202_ACCEPTED
     # The workflow wrote the status through its own session: read the row again, never trust a cache.
     await db.refresh(sandbox)
     return SandboxOut.model_validate(sandbox)
@@ -41,19 +45,14 @@ async def list_sandboxes(user: CurrentUser, db: DbSession) -> SandboxList:
     return SandboxList(sandboxes=[SandboxOut.model_validate(row) for row in rows])
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    responses=_ACCEPTED,
-    dependencies=[audit("sandbox.create", entity="sandbox", recorded_by="handler")],
-)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_ACCEPTED)
 async def create_sandbox(
     body: SandboxCreate,
     user: CurrentUser,
     db: DbSession,
     transition: Transitions,
-    actor: RequestActor,
     response: Response,
+    entry: Annotated[AuditEntry, audit("sandbox.create", entity="sandbox", with_request_id=False)],
 ) -> SandboxOut:
     """Create a sandbox (and start it when ``auto_start``)."""
     try:
@@ -78,12 +77,12 @@ async def create_sandbox(
     except sandboxes.CatalogError as error:
         raise _catalog_error(error) from None
     except sandboxes.DuplicateNameError:
-        raise Conflict(f"you already have a sandbox named {body.name!r}", code="duplicate_name") from None
-    await record_activity(db, _event(user.id, "sandbox.create", sandbox, actor, {"auto_start": body.auto_start}))
+        raise _duplicate_name(body.name) from None
+    # In the creating transaction: the row exists exactly when the sandbox does.
+    await entry.record(db, entity_id=sandbox.id, name=sandbox.name, auto_start=body.auto_start)
     await db.commit()
-    if body.auto_start and not await transition(sandbox, "start"):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return await _fresh(db, sandbox)
+    finished = not body.auto_start or await transition(sandbox, SandboxTransition.START)
+    return await _answer(db, sandbox, response, finished=finished)
 
 
 @router.get("/{sandbox_id}")
@@ -92,18 +91,16 @@ async def get_sandbox(sandbox: OwnedSandbox) -> SandboxOut:
     return SandboxOut.model_validate(sandbox)
 
 
-@router.patch(
-    "/{sandbox_id}",
-    responses=_ACCEPTED,
-    dependencies=[audit("sandbox.update", entity="sandbox", id_param="sandbox_id", recorded_by="handler")],
-)
+@router.patch("/{sandbox_id}", responses=_ACCEPTED)
 async def update_sandbox(
     body: SandboxUpdate,
     sandbox: OwnedSandbox,
     db: DbSession,
     transition: Transitions,
-    actor: RequestActor,
     response: Response,
+    entry: Annotated[
+        AuditEntry, audit("sandbox.update", entity="sandbox", id_param="sandbox_id", with_request_id=False)
+    ],
 ) -> SandboxOut:
     """Rename or reconfigure; a running container is recreated with the new tier / flavor / add-ons."""
     changes = body.model_dump(exclude_unset=True)
@@ -122,20 +119,22 @@ async def update_sandbox(
     except sandboxes.CatalogError as error:
         raise _catalog_error(error) from None
     if "name" in changes and await sandboxes.name_taken(db, sandbox.user_id, changes["name"], exclude_id=sandbox.id):
-        raise Conflict(f"you already have a sandbox named {changes['name']!r}", code="duplicate_name")
+        raise _duplicate_name(changes["name"])
     if "addon_ids" in changes:
         changes["addon_ids"] = sorted(set(changes["addon_ids"] or []))
     changed = [field for field, value in changes.items() if getattr(sandbox, field) != value]
     for field in changed:
         setattr(sandbox, field, changes[field])
     if changed:
-        await record_activity(db, _event(sandbox.user_id, "sandbox.update", sandbox, actor, {"fields": changed}))
+        await entry.record(db, name=sandbox.name, fields=changed)
+    else:
+        entry.skip()  # nothing changed: nothing to record
     await db.commit()
     reshaping = {"resource_tier_id", "flavor_id", "addon_ids"} & set(changed)
-    has_container = sandbox.status != "created"
-    if reshaping and has_container and not await transition(sandbox, "reconfigure", changed_fields=sorted(reshaping)):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return await _fresh(db, sandbox)
+    finished = True
+    if reshaping and sandbox.status != "created":  # a container to recreate
+        finished = await transition(sandbox, SandboxTransition.RECONFIGURE, changed_fields=sorted(reshaping))
+    return await _answer(db, sandbox, response, finished=finished)
 
 
 @router.post(
@@ -147,9 +146,7 @@ async def start_sandbox(
     sandbox: OwnedSandbox, db: DbSession, transition: Transitions, response: Response
 ) -> SandboxOut:
     """Start the container; answers when OpenCode is healthy (202 if that takes unusually long)."""
-    if not await transition(sandbox, "start"):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return await _fresh(db, sandbox)
+    return await _answer(db, sandbox, response, finished=await transition(sandbox, SandboxTransition.START))
 
 
 @router.post(
@@ -159,9 +156,7 @@ async def start_sandbox(
 )
 async def stop_sandbox(sandbox: OwnedSandbox, db: DbSession, transition: Transitions, response: Response) -> SandboxOut:
     """Stop the container (workspace and agent data are kept)."""
-    if not await transition(sandbox, "stop"):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return await _fresh(db, sandbox)
+    return await _answer(db, sandbox, response, finished=await transition(sandbox, SandboxTransition.STOP))
 
 
 @router.delete(
@@ -172,18 +167,6 @@ async def stop_sandbox(sandbox: OwnedSandbox, db: DbSession, transition: Transit
 )
 async def delete_sandbox(sandbox: OwnedSandbox, transition: Transitions) -> Response:
     """Delete the sandbox: container, volumes and row (chat history goes with it)."""
-    if not await transition(sandbox, "delete"):
+    if not await transition(sandbox, SandboxTransition.DELETE):
         return Response(status_code=status.HTTP_202_ACCEPTED)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _event(user_id: str, action: str, sandbox: Sandbox, actor: Actor, metadata: dict[str, object]) -> ActivityEvent:
-    return ActivityEvent(
-        user_id=user_id,
-        action=action,
-        entity_type="sandbox",
-        entity_id=sandbox.id,
-        metadata={"name": sandbox.name, **metadata},
-        ip_address=actor.ip_address,
-        user_agent=actor.user_agent,
-    )

@@ -16,9 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.docker import DeliverConfigInput, DockerActivities, RemoveContainerInput, WaitHealthyInput
+from activities.docker import DockerActivities
 from activities.resources import WorkerResources
-from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT
+from agentpod.domain.sandbox import (
+    ACP_GATEWAY_PORT,
+    OPENCODE_PORT,
+    DeliverConfigInput,
+    RemoveContainerInput,
+    WaitHealthyInput,
+)
 from agentpod.security.gateway_secret import gateway_secret
 from agentpod.security.keyring import Keyring, generate_entry, parse_key
 from agentpod.settings import Settings

@@ -286,9 +286,10 @@ TRICKY = [
 
 
 async def test_csv_export_round_trips_every_row_with_commas_quotes_and_newlines(
-    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+    app: FastAPI, client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     headers, user_id = await _user(client)
+    await settle(app)  # the sign-up row is written in the background
     base = datetime(2025, 1, 1, tzinfo=UTC)
     # More rows than one export page (1000): the stream must not stop at a page or a cap.
     rows = [
@@ -319,9 +320,10 @@ async def test_csv_export_round_trips_every_row_with_commas_quotes_and_newlines(
 
 
 async def test_json_export_streams_every_row_and_honours_filters(
-    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+    app: FastAPI, client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     headers, user_id = await _user(client)
+    await settle(app)  # the sign-up row is written in the background
     base = datetime(2025, 1, 1, tzinfo=UTC)
     await _seed(
         sessions, user_id, [{"action": "sandbox.start", "created_at": base + timedelta(seconds=i)} for i in range(1500)]

@@ -20,6 +20,7 @@ from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeU
 from agentpod.store import chat as chat_store
 from agentpod.store.base import utcnow
 from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox
+from api import deps
 from api.routes import chat as chat_routes
 from tests.helpers import assert_error, auth_header, sign_up
 
@@ -476,10 +477,10 @@ class FakeOpenCode:
 def inject(app: FastAPI, fake: FakeOpenCode) -> FakeOpenCode:
     """Make the app's chat routes talk to ``fake``."""
 
-    def factory() -> chat_routes.OpenCodeFactory:
+    def factory() -> deps.OpenCodeFactory:
         return fake.factory
 
-    app.dependency_overrides[chat_routes.get_opencode_factory] = factory
+    app.dependency_overrides[deps.get_opencode_factory] = factory
     return fake
 
 

@@ -30,7 +30,8 @@ from agentpod.store import chat as chat_store
 from agentpod.store.base import utcnow
 from agentpod.store.chat import STREAM_START, ChangeKey, InvalidCursor
 from agentpod.store.tables import ChatMessage, ChatSession
-from api.chat_stream import ChangeFeed, StreamTiming, get_stream_timing
+from api.chat_stream import ChangeFeed, StreamTiming
+from api.deps import get_stream_timing
 from tests.api.test_chat_read import add_messages, chat_url, mount_chat, new_sandbox, new_session, new_user
 
 FAST = StreamTiming(heartbeat_seconds=0.4, recheck_seconds=0.2)

@@ -19,7 +19,7 @@ from agentpod.settings import Settings
 from agentpod.store import preferences as prefs
 from agentpod.store.tables import ActivityLog, ResourceTier, UserPreferences
 from agentpod.store.tables.preferences_history import UserPreferencesHistory
-from api.routes.preferences import get_heartbeat_seconds
+from api.deps import get_heartbeat_seconds
 from tests.helpers import assert_error, auth_header, sign_up
 from tests.notify.servers import STREAM_PATH, Device, preferences_app, serve, serve_process, server_environment
 

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentpod.chat_mirror.opencode import OpenCodeMirror, judge_upstream
 from agentpod.domain.chat import ReconcileReport
-from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession
+from agentpod.store.chat import upsert_opencode_session
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox
 from tests.helpers import Owner, make_owner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
@@ -293,6 +294,31 @@ async def test_child_before_parent_is_linked_when_the_parent_arrives(
     assert rows["sessions"][CHILD]["parent_session_id"] == rows["sessions"][SES]["id"]
     assert rows["sessions"][SES]["message_count"] == 5  # the child's messages stay the child's
     assert rows["sessions"][CHILD]["message_count"] == 2
+
+
+async def test_a_session_the_app_creates_is_read_like_the_mirror_reads_it(
+    mirror: OpenCodeMirror, sessions: async_sessionmaker[AsyncSession], owner: Owner
+) -> None:
+    """The chat API writes the row of a session it created in OpenCode at once, through the mirror's mapping:
+    a subagent session is linked to its parent, and the mirror later finds the same rows."""
+    child = next(e for e in load("child_session.events.json") if e["type"] == "session.created")
+    async with sessions() as db:
+        sandbox = await db.get(Sandbox, owner.sandbox_id)
+        assert sandbox is not None
+        created = await upsert_opencode_session(db, sandbox, child["properties"]["info"])
+        await db.commit()
+    rows = await stored(sessions, owner)
+    assert rows["sessions"][CHILD]["id"] == created.id
+    assert rows["sessions"][CHILD]["parent_session_id"] == rows["sessions"][SES]["id"]
+    assert rows["sessions"][CHILD]["title"] == "Sub-agent: explore the repo"
+
+    await mirror.apply(load("child_session.events.json"))
+    await mirror.apply(load("full_chat.events.json"))
+    mirrored = await stored(sessions, owner)
+    assert {key: row["id"] for key, row in mirrored["sessions"].items()} == {
+        key: row["id"] for key, row in rows["sessions"].items()
+    }
+    assert mirrored["sessions"][CHILD]["parent_session_id"] == mirrored["sessions"][SES]["id"]
 
 
 async def test_deleted_session_keeps_its_history_and_takes_no_more_writes(

@@ -23,9 +23,9 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 import activities
 import workflows
 from activities import build_activities
-from activities.activity_log import ActivityLogActivities, RecordActivityInput
+from activities.activity_log import ActivityLogActivities
 from activities.resources import WorkerResources
-from agentpod.domain.activity import ActivityEvent
+from agentpod.domain.activity import ActivityEvent, RecordActivityInput
 from agentpod.settings import Settings
 from agentpod.store.tables import ActivityLog
 from api.app import create_app

@@ -50,7 +50,8 @@ from api.routes import providers as provider_routes
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client, purge
 from tests.helpers import assert_error, auth_header, sign_up
 from tests.histories import save_history_if_asked
-from workflows.account_deletion import USER_ATTRIBUTE, AccountDeletionWorkflow
+from workflows.account_deletion import AccountDeletionWorkflow
+from workflows.account_deletion_client import USER_ATTRIBUTE
 from workflows.ids import account_deletion_workflow_id, sandbox_workflow_id
 from workflows.registry import ALL_WORKFLOWS
 

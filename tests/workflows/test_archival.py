@@ -29,7 +29,7 @@ from agentpod.domain.archival import ArchivalInput, ArchiveBatchInput, ArchiveBa
 from agentpod.settings import Settings
 from agentpod.store.tables import ActivityLog, ActivityLogArchive
 from workflows.archival import ArchivalWorkflow
-from workflows.schedules import ARCHIVAL_CATCHUP_WINDOW, archival_status, ensure_archival_schedule
+from workflows.archival_client import ARCHIVAL_CATCHUP_WINDOW, archival_status, ensure_archival_schedule
 
 pytestmark = pytest.mark.temporal
 

@@ -1,4 +1,5 @@
-"""The Temporal Schedules of the project, created or updated when a worker starts.
+"""Caller side of ``ArchivalWorkflow``: its Temporal Schedule (created or updated when a worker starts,
+triggered and described by ``agentpod archive``) and the progress of its runs.
 
 An update keeps the schedule's current *state* (paused flag and note): an operator who paused the
 archival in the Web UI stays paused across deployments. Replacing the whole schedule, the obvious
