@@ -40,7 +40,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,9 @@ from agentpod.chat_mirror.opencode import OpenCodeMirror
 from agentpod.chat_mirror.segment import FLUSH_TICK_SECONDS
 from agentpod.store.engine import create_engine, session_factory
 from agentpod.store.migrate import upgrade_database
-from agentpod.store.tables import ChatMessage, ChatSession, Sandbox, User
+from agentpod.store.tables import ChatMessage, ChatSession
 from bench._result import Result, console
+from tests.helpers import Owner, make_owner
 
 JSON = dict[str, Any]
 
@@ -187,26 +187,6 @@ def generate(turns: int, *, chunks: int = CHUNKS) -> tuple[list[JSON], dict[str,
 
 
 # --------------------------------------------------------------------------- databases
-
-
-@dataclass
-class Owner:
-    user_id: str
-    sandbox_id: str
-
-
-async def make_owner(sessions: async_sessionmaker[AsyncSession]) -> Owner:
-    async with sessions() as db:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", name="Bench user", password_hash=None)
-        db.add(user)
-        await db.flush()
-        slug = f"sb-{uuid.uuid4().hex[:8]}"
-        sandbox = Sandbox(
-            user_id=user.id, name=slug, slug=slug, repo_name=slug, resource_tier_id="starter", flavor_id="js"
-        )
-        db.add(sandbox)
-        await db.commit()
-        return Owner(user.id, sandbox.id)
 
 
 async def stored_texts(sessions: async_sessionmaker[AsyncSession], owner: Owner) -> dict[str, str]:

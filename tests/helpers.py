@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.store.tables import Sandbox, User
+
+T = TypeVar("T")
 
 
 def auth_header(token: str) -> dict[str, str]:
@@ -61,3 +65,18 @@ async def make_owner(sessions: async_sessionmaker[AsyncSession]) -> Owner:
         db.add(sandbox)
         await db.commit()
         return Owner(user.id, sandbox.id)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)

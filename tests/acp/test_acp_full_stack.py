@@ -25,8 +25,7 @@ from agentpod.security.keyring import load_keyring
 from agentpod.store.tables import ActivityLog, Sandbox
 from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, TOOL_COMMAND, FakeLLM
-from tests.helpers import auth_header, sign_up
-from tests.sync.conftest import eventually
+from tests.helpers import auth_header, eventually, sign_up
 from tests.workflows import conftest as workflow_stack
 from tests.workflows.conftest import Stack
 from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id

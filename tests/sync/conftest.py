@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ from agentpod.clients.opencode import JSON, OpenCodeClient
 from agentpod.domain.chat import StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
 from agentpod.settings import Settings
 from agentpod.store.tables import ChatMessage, ChatSession
-from tests.helpers import Owner
+from tests.helpers import Owner, eventually
 
 T = TypeVar("T")
 
@@ -47,19 +46,6 @@ def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --------------------------------------------------------------------------- waiting
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def is_final(info: JSON) -> bool:

@@ -24,8 +24,8 @@ from agentpod.domain.sandbox import container_name
 from api.routes import ROUTERS
 from tests.docker_helpers import bridge_agent_config
 from tests.fakes.fake_llm import PLAIN_REPLY, FakeLLM
-from tests.helpers import auth_header, sign_up
-from tests.sync.conftest import assert_mirrored, eventually, prompt_and_wait, stored_session
+from tests.helpers import auth_header, eventually, sign_up
+from tests.sync.conftest import assert_mirrored, prompt_and_wait, stored_session
 from tests.workflows import conftest as workflow_stack
 from tests.workflows.conftest import Stack
 from workflows.ids import sandbox_sync_workflow_id, sandbox_workflow_id

@@ -22,14 +22,13 @@ from agentpod.clients.opencode import OpenCodeClient
 from agentpod.settings import Settings
 from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_PREAMBLE, FakeLLM
 from tests.fakes.opencode_server import EventTap, OpenCodeProcess
-from tests.helpers import Owner, make_owner
+from tests.helpers import Owner, eventually, make_owner
 from tests.sync.conftest import (
     StreamRun,
     Syncer,
     assert_mirrored,
     assert_sandbox_mirrored,
     count_rows,
-    eventually,
     prompt_and_wait,
     stored_session,
     stored_sessions,

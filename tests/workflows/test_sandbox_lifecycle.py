@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from agentpod.domain.sandbox import SandboxWorkflowState, container_name
 from agentpod.domain.secrets import AgentCredentials, ProviderAuth
 from agentpod.store.tables import ActivityLog
 from tests.docker_helpers import leftovers
-from tests.helpers import assert_error
+from tests.helpers import assert_error, eventually
 from tests.histories import save_history_if_asked
 from tests.workflows.conftest import Stack
 from workflows.ids import sandbox_workflow_id
@@ -31,17 +30,6 @@ pytestmark = [
 ]
 
 BASE = "/api/v2/sandboxes"
-
-
-async def _eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.25)
 
 
 async def _healthy(url: str) -> bool:
@@ -115,7 +103,7 @@ async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> No
         body: dict[str, Any] = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
         return body if body["status"] == "running" else None
 
-    body = await _eventually(repaired)
+    body = await eventually(repaired, timeout=60, what="repaired", interval=0.25)
     assert stack.docker.containers.get(container_name(sandbox["id"])).id != first
     assert await _healthy(body["opencode_url"])
 
@@ -128,7 +116,7 @@ async def test_worker_killed_mid_start_ends_with_exactly_one_running_container(s
     async def container_created() -> bool:
         return bool(leftovers(stack.docker, sandbox["id"])[0])
 
-    await _eventually(container_created)
+    await eventually(container_created, timeout=60, what="container created", interval=0.25)
     await stack.kill_worker()
     await asyncio.sleep(1)
     await stack.start_worker()
@@ -138,7 +126,7 @@ async def test_worker_killed_mid_start_ends_with_exactly_one_running_container(s
     async def running() -> bool:
         return bool((await stack.client.get(url, headers=stack.headers)).json()["status"] == "running")
 
-    await _eventually(running, timeout=120)
+    await eventually(running, timeout=120, what="running", interval=0.25)
     containers = stack.docker.containers.list(all=True, filters={"label": f"agentpod.sandbox.id={sandbox['id']}"})
     assert len(containers) == 1 and containers[0].status == "running"
 
@@ -151,7 +139,7 @@ async def test_conflicting_transition_is_a_409(stack: Stack) -> None:
     async def in_progress() -> bool:
         return bool((await stack.client.get(url, headers=stack.headers)).json()["status"] == "starting")
 
-    await _eventually(in_progress)
+    await eventually(in_progress, timeout=60, what="in progress", interval=0.25)
     assert_error(await stack.client.post(f"{url}/stop", headers=stack.headers), 409, "illegal_transition")
     assert (await starting).json()["status"] == "running"
 
@@ -201,7 +189,7 @@ async def test_operator_signal_stops_a_sandbox(stack: Stack) -> None:
         body = (await stack.client.get(f"{BASE}/{sandbox['id']}", headers=stack.headers)).json()
         return bool(body["status"] == "stopped")
 
-    await _eventually(stopped)
+    await eventually(stopped, timeout=60, what="stopped", interval=0.25)
     assert stack.docker.containers.get(container_name(sandbox["id"])).status == "exited"
     async with stack.sessions() as db:
         actor = await db.scalar(
@@ -220,7 +208,9 @@ async def test_long_lived_workflow_continues_as_new_keeping_its_state(stack: Sta
     async def new_run() -> bool:
         return (await handle.describe()).run_id != first_run
 
-    await _eventually(new_run, timeout=60)  # the drift check every second fills the history
+    await eventually(
+        new_run, timeout=60, what="new run", interval=0.25
+    )  # the drift check every second fills the history
     state = await handle.query(SandboxWorkflow.describe)
     assert (state.status.value, state.desired.value) == ("running", "running")
     stopped = await stack.client.post(f"{BASE}/{sandbox['id']}/stop", headers=stack.headers)
