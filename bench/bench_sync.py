@@ -6,7 +6,7 @@ Three measurements (chat-sync issue), each against a baseline measured in the sa
    ``TURNS`` turns of session.updated, user message + part, assistant message, step-start, a text part
    streamed as ``CHUNKS`` ``message.part.delta`` events, the final part, step-finish, the completed
    message and session.idle (≈ 20,500 events). It is fed at full speed exactly as the live loop in
-   ``activities/opencode_sync.py`` does: ``feed`` per event under a lock, ``flush_due`` from a
+   ``agentpod/chat_mirror/segment.py`` does: ``feed`` per event under the mirror's lock, ``flush_due`` from a
    background task every 100 ms, a final ``flush``. Baseline: the same code with a flush interval of
    0, i.e. one transaction (and commit) per event, on the first ``NAIVE_TURNS`` turns only,
    extrapolated linearly (it gets no faster with more turns: each commit rewrites one message).

@@ -8,7 +8,7 @@ import pytest
 
 from agentpod.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
