@@ -14,7 +14,7 @@ from typing import Literal
 # The build recipe lives in the source tree, not in the wheel: look beside the working directory
 # (``make run`` runs from the checkout) and beside this package's source.
 _BUILD_SCRIPT = Path("images") / "build.sh"
-_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # agentpod/cli/ -> the checkout
 
 
 @dataclass(frozen=True)

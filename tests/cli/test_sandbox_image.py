@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from agentpod.cli.sandbox_image import build_command, check_sandbox_image
+from agentpod.cli.sandbox_image import build_command, check_sandbox_image, find_build_script
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client
 
 
@@ -34,3 +35,10 @@ def test_an_engine_that_is_not_running_is_named_with_the_fix() -> None:
     assert check.state == "unavailable"
     assert "sandboxes cannot start" in check.message
     assert "dockerd" in check.message
+
+
+def test_the_build_script_is_found_from_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `agentpod dev` run from another directory still finds the checkout's recipe beside its source.
+    monkeypatch.chdir(tmp_path)
+    script = find_build_script()
+    assert script is not None and script.is_file() and script.parts[-2:] == ("images", "build.sh")
