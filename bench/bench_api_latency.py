@@ -477,7 +477,7 @@ async def api_process(settings: Settings, workdir: Path) -> AsyncIterator[tuple[
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "cli",
+        "agentpod.cli",
         "api",
         "--host",
         "127.0.0.1",
