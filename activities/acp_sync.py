@@ -18,7 +18,7 @@ from agentpod.chat_mirror.segment import run_segment
 from agentpod.clients.acp import AcpGatewayClient
 from agentpod.domain.chat import ReconcileReport, StreamSegmentInput, StreamSegmentResult, SyncTarget
 from agentpod.domain.chat_mirror import ACP_MIRROR
-from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.security.sandbox_secrets import gateway_secrets
 
 
 class AcpSyncActivities:

@@ -7,8 +7,9 @@ retry any of them freely. A cancelled activity stops waiting, but the engine cal
 flight finishes in its thread; that is harmless for the same reason.
 
 Errors reach workflows as ``ApplicationError`` with ``type`` set to the engine exception's name:
-``ImageMissing`` and ``ContainerGone`` are non-retryable (retrying cannot help: build the image,
-or ensure the container again), ``DockerUnavailable`` and the rest are retried.
+``ImageMissing``, ``ContainerGone`` and ``SandboxNetworkError`` are non-retryable (retrying cannot
+help: build the image, ensure the container again, or fix the network as the message says);
+``DockerUnavailable`` and the rest are retried.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources, heartbeating
-from agentpod.clients.docker_engine import ContainerGone, DockerEngineError, ImageMissing
+from agentpod.clients.docker_engine import ContainerGone, DockerEngineError, ImageMissing, SandboxNetworkError
+from agentpod.clients.opencode import DEFAULT_USERNAME, RotatingBasicAuth
 from agentpod.domain import contracts
 from agentpod.domain.sandbox import (
     ContainerSpec,
@@ -32,7 +34,7 @@ from agentpod.domain.sandbox import (
     RemoveContainerInput,
     WaitHealthyInput,
 )
-from agentpod.security.gateway_secret import gateway_secret
+from agentpod.security.sandbox_secrets import gateway_secret, opencode_password, opencode_passwords
 
 T = TypeVar("T")
 
@@ -87,7 +89,7 @@ class DockerActivities:
         task.add_done_callback(_forget_result)
         try:
             return await heartbeating(task, every=HEARTBEAT_SECONDS)
-        except (ImageMissing, ContainerGone) as exc:
+        except (ImageMissing, ContainerGone, SandboxNetworkError) as exc:
             raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
         except DockerEngineError as exc:
             raise ApplicationError(str(exc), type=type(exc).__name__) from exc
@@ -119,15 +121,20 @@ class DockerActivities:
 
     @activity.defn(name=contracts.DOCKER_DELIVER_AGENT_CONFIG.name)
     async def docker_deliver_agent_config(self, data: DeliverConfigInput) -> None:
-        """Write the agent's OpenCode config (keys included) and the ACP gateway's secret into the
-        container's tmpfs, then `ready`.
+        """Write the agent's OpenCode config (keys included), OpenCode's server password and the ACP
+        gateway's secret into the container's tmpfs, then `ready`.
 
         Secrets are fetched and written inside this one activity so they never pass through Temporal
         history, container env or labels. The entrypoint starts OpenCode once `ready` exists.
         """
         credentials = await self._secrets.agent_credentials(data.user_id)
         config = merge_config(self._base_config, credentials.opencode_config or {})
-        files = {"gateway-secret": gateway_secret(self._resources.keys(), data.sandbox_id).encode()}
+        keys = self._resources.keys()
+        files = {
+            "gateway-secret": gateway_secret(keys, data.sandbox_id).encode(),
+            # Without it the entrypoint does not start OpenCode: no managed agent server is ever open.
+            "opencode-password": opencode_password(keys, data.sandbox_id).encode(),
+        }
         if config:
             files["opencode.json"] = json.dumps(config).encode()
         # One `docker exec` for all of them (each costs ~50 ms), `ready` created after the rest.
@@ -149,7 +156,13 @@ class DockerActivities:
         """
         deadline = asyncio.get_running_loop().time() + data.timeout_seconds
         # trust_env=False: a proxy from the environment must not sit between us and a sandbox.
-        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_REQUEST_TIMEOUT) as client:
+        # OpenCode answers 401 to everything without its server password, the health route included.
+        auth = (
+            RotatingBasicAuth(DEFAULT_USERNAME, opencode_passwords(self._resources.keys(), data.sandbox_id))
+            if data.sandbox_id
+            else None
+        )
+        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_REQUEST_TIMEOUT, auth=auth) as client:
             await self._wait_healthy(client, data, "OpenCode", data.base_url.rstrip("/") + "/global/health", deadline)
             if data.gateway_url:
                 url = data.gateway_url.rstrip("/") + "/health"

@@ -31,6 +31,7 @@ from agentpod.domain.chat import (
 )
 from agentpod.domain.chat_mirror import OPENCODE_MIRROR
 from agentpod.domain.contracts import SYNC_ENSURE_STARTED, SYNC_FINISH
+from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.store.sync_state import commit_sync_status
 from agentpod.store.tables import ChatSyncState
 from workflows.acp_sync import AcpSyncWorkflow
@@ -45,6 +46,7 @@ class OpenCodeSyncActivities:
     def __init__(self, resources: WorkerResources) -> None:
         self._sessions = resources.sessions
         self._temporal = resources.temporal
+        self._keys = resources.keys
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
@@ -53,13 +55,14 @@ class OpenCodeSyncActivities:
     @activity.defn(name=OPENCODE_MIRROR.segment.name)
     async def stream_segment(self, data: StreamSegmentInput) -> StreamSegmentResult:
         """Mirror live events for ``segment_seconds`` (reconnecting as needed), then return."""
-        return await run_segment(OpenCodeStream(self._sessions, data.target), data)
+        passwords = opencode_passwords(self._keys(), data.target.sandbox_id)
+        return await run_segment(OpenCodeStream(self._sessions, data.target, passwords), data)
 
     @activity.defn(name=OPENCODE_MIRROR.reconcile.name)
     async def reconcile(self, target: SyncTarget) -> ReconcileReport:
         """One full reconcile through OpenCode's REST API."""
         mirror = OpenCodeMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
-        async with OpenCodeClient(target.opencode_url) as client:
+        async with OpenCodeClient(target.opencode_url, opencode_passwords(self._keys(), target.sandbox_id)) as client:
             report = await mirror.reconcile(client)
         status = SyncStatus(last_reconcile_at=datetime.now(UTC))
         await commit_sync_status(self._sessions, ChatSyncState, target.sandbox_id, status, merge=True)

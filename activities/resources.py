@@ -12,6 +12,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from agentpod.clients.docker_engine import DockerEngine
+from agentpod.clients.sandbox_firewall import FirewallPolicy
 from agentpod.domain.secrets import NoSecrets, SecretsProvider
 from agentpod.security.keyring import Keyring, load_keyring
 from agentpod.settings import Settings
@@ -38,7 +39,13 @@ class WorkerResources:
     def docker_engine(self) -> DockerEngine:
         """A client of the configured Docker engine (it connects on first use, so a worker starts even
         with Docker down)."""
-        return DockerEngine(self.settings.docker_host or None)
+        settings = self.settings
+        firewall = (
+            FirewallPolicy(settings.sandbox_host_services, tuple(settings.sandbox_blocked_networks))
+            if settings.sandbox_firewall == "enforce"
+            else None
+        )
+        return DockerEngine(settings.docker_host or None, firewall=firewall)
 
 
 async def heartbeating(awaitable: Awaitable[T], *, every: float) -> T:

@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
+from agentpod.clients.opencode import DEFAULT_USERNAME, RotatingBasicAuth
 from agentpod.domain import contracts
 from agentpod.domain.sandbox import (
     ACP_GATEWAY_PORT,
@@ -22,6 +23,7 @@ from agentpod.domain.sandbox import (
     SandboxUrls,
     SetStatusInput,
 )
+from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.settings import Settings
 from agentpod.store import sandboxes
 from agentpod.store.tables import ContainerAddon, ResourceTier, Sandbox
@@ -62,6 +64,7 @@ class SandboxActivities:
         self._settings = resources.settings
         self._sessions = resources.sessions
         self._secrets = resources.secrets
+        self._keys = resources.keys
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
@@ -139,7 +142,13 @@ class SandboxActivities:
     async def push_agent_credentials(self, data: PushCredentialsInput) -> int:
         """Give a healthy OpenCode the user's provider keys over its API; returns how many were set."""
         credentials = await self._secrets.agent_credentials(data.user_id)
-        async with httpx.AsyncClient(base_url=data.opencode_url, timeout=10) as client:
+        # OpenCode answers 401 to everything without the sandbox's server password.
+        password = (
+            RotatingBasicAuth(DEFAULT_USERNAME, opencode_passwords(self._keys(), data.sandbox_id))
+            if data.sandbox_id
+            else None
+        )
+        async with httpx.AsyncClient(base_url=data.opencode_url, timeout=10, auth=password, trust_env=False) as client:
             for provider_id, auth in credentials.providers.items():
                 response = await client.put(f"/auth/{provider_id}", json=auth.model_dump())
                 response.raise_for_status()

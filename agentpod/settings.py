@@ -7,12 +7,20 @@ table is generated from the field descriptions below, so keep them short and tru
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agentpod.domain.sandbox import DEFAULT_BLOCKED_NETWORKS, DEFAULT_SANDBOX_NETWORK
+
+
+def default_password_workers() -> int:
+    """Threads hashing passwords by default: one per CPU, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 class Settings(BaseSettings):
@@ -49,7 +57,26 @@ class Settings(BaseSettings):
     )
 
     docker_host: str = Field("", description="Docker engine URL; empty uses the environment's default socket.")
-    docker_network: str = Field("bridge", description="Docker network sandboxes join.")
+    docker_network: str = Field(
+        DEFAULT_SANDBOX_NETWORK,
+        description="Docker network sandboxes join; created as a bridge with traffic between containers disabled "
+        "(an existing network is used only if it has that setting).",
+    )
+    sandbox_firewall: Literal["enforce", "off"] = Field(
+        "enforce",
+        description="`enforce`: keep host firewall rules that stop sandboxes reaching the host and private "
+        "networks (applied through the Docker engine); `off`: none (only for a machine trusted with every "
+        "sandbox's code).",
+    )
+    sandbox_host_services: dict[str, int] = Field(
+        default_factory=dict,
+        description='Services on the Docker host sandboxes may reach, JSON name → TCP port, e.g. `{"llm": 11434}`.',
+    )
+    sandbox_blocked_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_NETWORKS),
+        description="Comma-separated IPv4 CIDRs sandboxes may not reach through the host (private, shared, "
+        "link-local by default); the open internet stays reachable.",
+    )
     sandbox_image: str = Field("agentpod-sandbox:dev", description="Image used for flavors without their own.")
     flavor_images: dict[str, str] = Field(
         default_factory=dict,
@@ -60,12 +87,26 @@ class Settings(BaseSettings):
         description="OpenCode config (JSON) every sandbox's agent starts from; the user's own config is merged on top.",
     )
     public_domain: str = Field("localhost", description="Base domain of sandbox URLs.")
+    max_sandboxes_per_user: int = Field(
+        10, ge=1, description="Sandboxes one user may have; one being deleted counts until its deletion finishes."
+    )
+    max_sandboxes_per_tier: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description='Resource tier id to the most sandboxes one user may have on it, JSON, e.g. `{"power": 1}`; '
+        "unlisted tiers have only the overall limit.",
+    )
     sandbox_drift_check_seconds: float = Field(
         60.0, gt=0, description="How often each running sandbox's workflow checks its container still runs."
     )
 
     api_host: str = Field("127.0.0.1", description="Interface the API binds to.")
     api_port: int = Field(8000, description="Port the API listens on.")
+    password_workers: int = Field(
+        default_factory=default_password_workers,
+        ge=1,
+        description="Threads that hash and check passwords (argon2, 64 MiB each while busy); more sign-ins "
+        "at once wait for one. Default: one per CPU, at most 4.",
+    )
     auth_token_ttl_hours: int = Field(24 * 30, ge=1, description="Lifetime of a bearer token, in hours.")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, in bytes.")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
@@ -75,12 +116,18 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(
         15.0, gt=0, description="Idle seconds between keep-alive comments on event streams (SSE)."
     )
+    max_streams_per_user: int = Field(
+        16,
+        ge=1,
+        description="Live event streams (chat, preferences) one account may hold open at once, per API process; "
+        "one more gets 429 `too_many_streams`.",
+    )
 
     archival_hour: int = Field(3, ge=0, le=23, description="Hour of the daily activity-log archival run.")
     archival_timezone: str = Field("UTC", description="IANA time zone of the archival hour.")
     activity_retention_days: int = Field(90, ge=1, description="Days activity rows stay before archival.")
 
-    @field_validator("encryption_keys", "trusted_proxies", mode="before")
+    @field_validator("encryption_keys", "trusted_proxies", "sandbox_blocked_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         # Environment variables are flat strings; a comma list reads better than JSON there.

@@ -10,7 +10,9 @@ from fastapi import FastAPI
 
 from agentpod import temporal
 from agentpod.heap import settle_heap
+from agentpod.logging import install_log_redaction
 from agentpod.notify import create_notifier
+from agentpod.security import passwords
 from agentpod.security.keyring import load_keyring
 from agentpod.settings import Settings, get_settings
 from agentpod.store.engine import create_engine, session_factory
@@ -19,6 +21,7 @@ from api.audit import running_audit_writer
 from api.client_ip import parse_networks
 from api.context import AppContext
 from api.errors import install_error_handlers
+from api.live_streams import running_live_streams
 from api.middleware import BodySizeLimitMiddleware, RejectNulMiddleware, RequestIdMiddleware
 from api.routes import ROUTERS
 
@@ -31,6 +34,9 @@ API_VERSION = "1.0.0"
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Startup refuses a weak keyring or an out-of-date schema, with the fix in the message."""
     settings = settings or get_settings()
+    # Whichever server runs the app (`agentpod api`, uvicorn --factory, tests), its access log and ours
+    # never carry the deletion-status credential.
+    install_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.resolved_database_url)
         # Change notifications (preference pushes): LISTEN/NOTIFY on PostgreSQL, in-process on SQLite.
         notifier = create_notifier(settings.resolved_database_url)
+        passwords.start_workers(settings.password_workers)
         try:
             await assert_schema_current(engine)
             await notifier.start()
@@ -52,9 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 notifier=notifier,
             )
             settle_heap()  # everything built so far lives as long as the process
-            async with running_audit_writer(app, app.state.ctx.sessions):
+            async with running_audit_writer(app, app.state.ctx.sessions), running_live_streams(app, app.state.ctx):
                 yield
         finally:
+            passwords.stop_workers()
             await notifier.close()
             await engine.dispose()
 

@@ -1,21 +1,27 @@
 """The live chat stream: Server-Sent Events relaying what changed in our chat tables, read from the database.
 
-The sync writes rows from the worker process; the API polls the database (every ``poll_seconds``), so
-this works across processes on SQLite and PostgreSQL with no broker. Each event's ``id`` is the feed
-position (``updated_at`` + row id); a reconnecting client sends it back as ``Last-Event-ID`` and gets
-every row stored after it.
+The sync writes rows from the worker process. A stream does not poll: it sleeps until the process's
+:class:`agentpod.notify.chat_feed.ChatChanges` wakes it (PostgreSQL ``NOTIFY`` from the mirror's write
+transaction, or one shared poll per process), then reads what changed. So it works across processes
+on SQLite and PostgreSQL with no broker, and an idle stream costs no query. Each event's ``id`` is the
+feed position (``updated_at`` + row id); a reconnecting client sends it back as ``Last-Event-ID`` and
+gets every row stored after it.
 
 A writer stamps ``updated_at`` before it commits, so a row can become visible after rows stamped later
-have been relayed. While connected, each poll therefore re-reads the last ``lookback`` of the feed and
+have been relayed. While connected, each read therefore re-reads the last ``lookback`` of the feed and
 sends rows it has not sent yet (in that case the event id stays at the current position, so ids never
 go backwards). A reconnect resumes strictly after ``Last-Event-ID``, with no repeats; the look-back
 only works while connected, so a row stamped before that id but committed after the previous
-connection's last poll is not sent (the window is the writer's stamp-to-commit time).
+connection's last read is not sent (the window is the writer's stamp-to-commit time).
+
+Access (token, account, sandbox ownership) is re-checked for all streams of the process at once
+(``api.live_streams``); a stream that lost it sends ``end`` and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,9 +33,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
+from agentpod.notify.chat_feed import ChatChanges
 from agentpod.store import chat
 from agentpod.store.chat import ChangedRow, ChangeKey
 from agentpod.store.tables import ChatSession
+from api.live_streams import LiveStream
 from api.schemas.chat import ChatMessageOut, ChatSessionOut
 
 log = logging.getLogger(__name__)
@@ -48,11 +56,9 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @dataclass(frozen=True)
 class StreamTiming:
-    """How often the stream polls, beats and re-checks access (``api.deps.ChatStreamTiming``: tests speed it up)."""
+    """How often the stream beats and how it reads (``api.deps.ChatStreamTiming``: tests speed it up)."""
 
-    poll_seconds: float = 0.25
     heartbeat_seconds: float = 15.0
-    recheck_seconds: float = 5.0
     lookback: timedelta = timedelta(seconds=5)
     batch: int = 200
     retry_ms: int = 2000
@@ -85,7 +91,7 @@ class ChangeFeed:
         batch: int,
     ) -> None:
         self._sessions = sessions
-        self._sandbox_id = sandbox_id
+        self.sandbox_id = sandbox_id
         # Rows at or before the client's cursor were delivered on an earlier connection.
         self._floor = start
         self.cursor = start
@@ -99,15 +105,15 @@ class ChangeFeed:
         async with self._sessions() as db:
             late = await chat.changes_between(
                 db,
-                self._sandbox_id,
+                self.sandbox_id,
                 since=self.cursor.updated_at - self._lookback,
                 floor=self._floor,
                 upto=self.cursor,
             )
-            fresh, backlog = await chat.changes_after(db, self._sandbox_id, self.cursor, limit=self._batch)
+            fresh, backlog = await chat.changes_after(db, self.sandbox_id, self.cursor, limit=self._batch)
             scanned = late + fresh
             wanted = [row for row in scanned if self._sent.get(row.key.id) != row.key.updated_at]
-            rows = await chat.load_changed(db, self._sandbox_id, wanted)
+            rows = await chat.load_changed(db, self.sandbox_id, wanted)
             counts = await chat.child_counts(db, [r.id for r in rows.values() if isinstance(r, ChatSession)])
             frames = self._frames(scanned, rows, counts)
         self._forget_old()
@@ -140,32 +146,53 @@ async def relay(
     feed: ChangeFeed,
     timing: StreamTiming,
     *,
+    changes: ChatChanges,
+    stream: LiveStream,
     is_disconnected: Callable[[], Awaitable[bool]],
-    still_allowed: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[bytes]:
     """The event stream: ``ready`` (with the starting id), then ``session`` / ``message`` events and
-    heartbeat comments, until the client goes away or loses access (``end`` event)."""
-    ready = Frame("ready", feed.cursor.encode(), {"cursor": feed.cursor.encode()})
-    yield f"retry: {timing.retry_ms}\n".encode() + ready.encode()
-    loop = asyncio.get_running_loop()
-    last_sent = last_check = loop.time()
-    while not await is_disconnected():
-        try:
-            frames, backlog = await feed.poll()
-            if loop.time() - last_check >= timing.recheck_seconds:
-                last_check = loop.time()
-                if not await still_allowed():
+    heartbeat comments, until the client goes away or loses access (``end`` event).
+
+    Reads the feed only when ``changes`` wakes it (and once on connect); gives ``stream``'s slot back
+    when it ends.
+    """
+    try:
+        ready = Frame("ready", feed.cursor.encode(), {"cursor": feed.cursor.encode()})
+        yield f"retry: {timing.retry_ms}\n".encode() + ready.encode()
+        wake = asyncio.Event()
+        stream.on_revoked(wake.set)
+        async with changes.watch(feed.sandbox_id, wake):
+            wake.set()  # read once right away: rows stored after the starting cursor (a resume) go out now
+            loop = asyncio.get_running_loop()
+            last_sent = loop.time()
+            while True:
+                if stream.revoked:
                     yield Frame("end", feed.cursor.encode(), {"reason": "access_revoked"}).encode()
                     return
-        except SQLAlchemyError:
-            # Ending is safe: the client reconnects with Last-Event-ID and misses nothing stored.
-            log.warning("chat stream stopped by a database error", exc_info=True)
-            return
-        for frame in frames:
-            yield frame.encode()
-            last_sent = loop.time()
-        if loop.time() - last_sent >= timing.heartbeat_seconds:
-            yield HEARTBEAT
-            last_sent = loop.time()
-        if not backlog:
-            await asyncio.sleep(timing.poll_seconds)
+                if wake.is_set():
+                    wake.clear()
+                    try:
+                        frames, backlog = await feed.poll()
+                    except SQLAlchemyError:
+                        # Ending is safe: the client reconnects with Last-Event-ID and misses nothing stored.
+                        log.warning("chat stream stopped by a database error", exc_info=True)
+                        return
+                    if stream.revoked:
+                        continue  # lost access while reading: send nothing of it
+                    for frame in frames:
+                        yield frame.encode()
+                        last_sent = loop.time()
+                    if backlog:
+                        wake.set()  # more beyond this batch: read again at once
+                if await is_disconnected():
+                    return
+                idle = loop.time() - last_sent
+                if idle >= timing.heartbeat_seconds:
+                    yield HEARTBEAT
+                    last_sent = loop.time()
+                elif not wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timing.heartbeat_seconds - idle):
+                            await wake.wait()
+    finally:
+        stream.close()

@@ -3,7 +3,7 @@
 Process (context, settings, database, Temporal, notifier), caller (token, user, IP, actor), ownership
 (sandbox, chat session, ACP session, OpenCode file: another user's is a 404 like a missing one), the
 sandbox workflow's transitions, preference writes (``If-Match``), the agents' clients (OpenCode, ACP
-gateway) and the live streams' timing.
+gateway) and the live streams (timing, the per-user cap and access re-check, chat change wake-ups).
 Tests replace some through ``app.dependency_overrides[<function>]``. Audit entries are dependencies
 too, but each endpoint declares its own with :func:`api.audit.audit`.
 
@@ -27,6 +27,8 @@ from agentpod.clients.acp import AcpGatewayClient
 from agentpod.clients.opencode import OpenCodeClient
 from agentpod.domain.sandbox import Actor
 from agentpod.notify import Notifier
+from agentpod.notify.chat_feed import ChatChanges
+from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.settings import Settings
 from agentpod.store import chat, opencode_config, sandboxes
 from agentpod.store.tables import AuthSession, ChatSession, Sandbox, User, UserOpencodeFile
@@ -35,6 +37,7 @@ from api.chat_stream import StreamTiming
 from api.client_ip import client_ip
 from api.context import AppContext
 from api.errors import Conflict, NotFound, Unauthorized
+from api.live_streams import LiveStreams
 from api.sandbox_workflows import SandboxTransitions
 
 # --------------------------------------------------------------------------- the process
@@ -261,12 +264,17 @@ class OpenCodeChat(Protocol):
         ...
 
 
-OpenCodeFactory = Callable[[str], OpenCodeChat]
+# (base URL, sandbox id) -> a client that sends the sandbox's OpenCode server password.
+OpenCodeFactory = Callable[[str, str], OpenCodeChat]
 
 
-async def get_opencode_factory() -> OpenCodeFactory:
-    """Builds an OpenCode client for a base URL."""
-    return OpenCodeClient
+async def get_opencode_factory(ctx: Context) -> OpenCodeFactory:
+    """Builds an OpenCode client for a sandbox, with its server passwords (derived from the keyring)."""
+
+    def connect(base_url: str, sandbox_id: str) -> OpenCodeChat:
+        return OpenCodeClient(base_url, opencode_passwords(ctx.keyring, sandbox_id))
+
+    return connect
 
 
 OpenCodeClients = Annotated[OpenCodeFactory, Depends(get_opencode_factory)]
@@ -293,8 +301,26 @@ HeartbeatSeconds = Annotated[float, Depends(get_heartbeat_seconds)]
 
 
 async def get_stream_timing() -> StreamTiming:
-    """How often the chat stream polls, beats and re-checks access: the production timing."""
+    """How often the chat stream beats and how it reads: the production timing."""
     return StreamTiming()
 
 
 ChatStreamTiming = Annotated[StreamTiming, Depends(get_stream_timing)]
+
+
+async def get_live_streams(request: Request) -> LiveStreams:
+    """The process's open streams: the per-user cap and the shared access re-check (``api/live_streams.py``)."""
+    streams: LiveStreams = request.app.state.live_streams
+    return streams
+
+
+LiveStreamsDep = Annotated[LiveStreams, Depends(get_live_streams)]
+
+
+async def get_chat_changes(request: Request) -> ChatChanges:
+    """What wakes the process's chat streams when their sandbox's rows change (``agentpod/notify/chat_feed.py``)."""
+    changes: ChatChanges = request.app.state.chat_changes
+    return changes
+
+
+ChatChangesDep = Annotated[ChatChanges, Depends(get_chat_changes)]

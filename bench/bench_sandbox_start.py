@@ -41,8 +41,22 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.service import RPCError
 
-from agentpod.clients.docker_engine import CONFIG_WAIT_SECONDS, DATA_PATH, SECRETS_PATH, WORKSPACE_PATH
-from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, container_name, volume_names
+from agentpod.clients.docker_engine import (
+    AGENT_UID,
+    AGENT_USER,
+    CONFIG_WAIT_SECONDS,
+    DATA_PATH,
+    SECRETS_PATH,
+    WORKSPACE_PATH,
+)
+from agentpod.clients.docker_network import ensure_sandbox_network
+from agentpod.domain.sandbox import (
+    ACP_GATEWAY_PORT,
+    DEFAULT_SANDBOX_NETWORK,
+    OPENCODE_PORT,
+    container_name,
+    volume_names,
+)
 from bench._result import Result, console, p50
 from bench._stack import Stack, running_stack
 from workflows.ids import sandbox_workflow_id
@@ -61,7 +75,9 @@ RELATIVE_ALLOWANCE = 0.10
 CPU_CORES = 1.0
 MEMORY_BYTES = 2 * 1024**3
 PIDS_LIMIT = 256
-SECRETS_TMPFS = "rw,nosuid,nodev,noexec,size=1m,mode=0700"
+SECRETS_TMPFS = f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={AGENT_UID},gid={AGENT_UID}"
+# The baseline container gets the same OpenCode server password handshake as a sandbox.
+BENCH_OPENCODE_PASSWORD = "bench-opencode-password"
 PORTS = (OPENCODE_PORT, ACP_GATEWAY_PORT)
 BENCH_LABEL = "agentpod-bench.run"
 
@@ -88,6 +104,7 @@ class Direct:
         workspace, data = self.volumes
         for volume in (workspace, data):
             self.docker.volumes.create(name=volume, labels=labels)
+        ensure_sandbox_network(self.docker.api, DEFAULT_SANDBOX_NETWORK)  # what a sandbox joins
         self.container = self.docker.containers.run(
             IMAGE,
             name=self.name,
@@ -103,13 +120,16 @@ class Direct:
                 workspace: {"bind": WORKSPACE_PATH, "mode": "rw"},
                 data: {"bind": DATA_PATH, "mode": "rw"},
             },
-            tmpfs={SECRETS_PATH: SECRETS_TMPFS},
+            tmpfs={SECRETS_PATH: SECRETS_TMPFS, "/tmp": "rw,nosuid,nodev,size=256m,mode=1777"},
+            user=AGENT_USER,
+            read_only=True,
+            cap_drop=["ALL"],
             nano_cpus=round(CPU_CORES * 1e9),
             mem_limit=MEMORY_BYTES,
             pids_limit=PIDS_LIMIT,
             init=True,
             security_opt=["no-new-privileges:true"],
-            network_mode="bridge",
+            network_mode=DEFAULT_SANDBOX_NETWORK,
         )
         self._release()
         return self._opencode_port()
@@ -122,7 +142,8 @@ class Direct:
 
     def _release(self) -> None:
         # The same handshake the control plane does (with no config to deliver): let OpenCode start.
-        self.container.exec_run(["touch", f"{SECRETS_PATH}/ready"])
+        script = f'umask 077 && printf %s {BENCH_OPENCODE_PASSWORD} > "$0/opencode-password" && touch "$0/ready"'
+        self.container.exec_run(["sh", "-c", script, SECRETS_PATH])
 
     def stop(self) -> None:
         self.container.stop(timeout=10)
@@ -159,7 +180,7 @@ async def wait_healthy(port: int) -> None:
     deadline = loop.time() + HEALTH_TIMEOUT_SECONDS
     next_probe = loop.time()
     probes: set[asyncio.Task[bool]] = set()
-    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+    async with httpx.AsyncClient(trust_env=False, timeout=5, auth=("opencode", BENCH_OPENCODE_PASSWORD)) as client:
         try:
             while True:
                 now = loop.time()

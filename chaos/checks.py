@@ -28,6 +28,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from agentpod.chat_mirror.opencode_mapping import is_final, message_status
 from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
+from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT
+from agentpod.security.keyring import Keyring
+from agentpod.security.sandbox_secrets import opencode_passwords
 from chaos.client import ApiClient, GaveUp
 from chaos.journey import SANDBOXES, Account
 
@@ -52,6 +55,7 @@ class CheckResult:
     agent_dropped: int = 0  # a prompt we got a 202 for that OpenCode itself does not have
     failed_workflows: int = 0  # closed as failed / timed out / terminated since the run began
     marker_in_activity: int = 0  # anonymized activity rows that still carry a deleted user's marker text
+    isolation_breaches: int = 0  # a sandbox reached another sandbox's agent port (must stay 0, whatever breaks)
     details: dict[str, list[str]] = field(default_factory=dict)
 
     def note(self, key: str, text: str) -> None:
@@ -60,7 +64,7 @@ class CheckResult:
     @property
     def clean(self) -> bool:
         return not (self.lost_messages or self.orphans or self.stuck_workflows or self.leftover_rows) and not (
-            self.unverifiable_sandboxes or self.stale_messages
+            self.unverifiable_sandboxes or self.stale_messages or self.isolation_breaches
         )
 
     def counts(self) -> dict[str, int]:
@@ -74,6 +78,7 @@ class CheckResult:
             "agent_dropped": self.agent_dropped,
             "failed_workflows": self.failed_workflows,
             "marker_in_activity": self.marker_in_activity,
+            "isolation_breaches": self.isolation_breaches,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -83,8 +88,9 @@ class CheckResult:
 class Checker:
     """Reads the database, Docker, Temporal, the API and every sandbox's OpenCode."""
 
-    def __init__(self, engine: AsyncEngine, temporal_address: str, api_urls: list[str]) -> None:
+    def __init__(self, engine: AsyncEngine, temporal_address: str, api_urls: list[str], keyring: Keyring) -> None:
         self.engine = engine
+        self.keyring = keyring
         self.temporal_address = temporal_address
         self.api_urls = api_urls
         self.docker = docker.from_env()
@@ -116,7 +122,36 @@ class Checker:
         await self._stuck(rows, {a.user_id for a in everyone if a.user_id}, result)
         for account in deleted:
             await self._leftovers(account, result)
+        await asyncio.to_thread(self._isolation, everyone, result)
         return result
+
+    # ------------------------------------------------------------------ tenant isolation
+
+    def _isolation(self, everyone: list[Account], result: CheckResult) -> None:
+        """From inside each running sandbox (as its agent, ``docker exec``), try every other running
+        sandbox's OpenCode and ACP gateway ports by container address: none may accept, whatever the
+        monkey did to workers, Temporal or containers."""
+        containers = []
+        for name in self.our_container_names(everyone):
+            with contextlib.suppress(docker.errors.NotFound):  # removed by the monkey since the listing
+                containers.append(self.docker.containers.get(name))
+        addresses = {
+            c.name: [
+                net.get("IPAddress") for net in c.attrs["NetworkSettings"]["Networks"].values() if net.get("IPAddress")
+            ]
+            for c in containers
+        }
+        for attacker in containers:
+            targets = [(name, ip) for name, ips in addresses.items() if name != attacker.name for ip in ips]
+            for name, ip in targets[:4]:  # a few neighbours per sandbox keep a pass short
+                for port in (OPENCODE_PORT, ACP_GATEWAY_PORT):
+                    try:
+                        probe = attacker.exec_run(["sh", "-c", f"nc -w 2 {ip} {port} -e /bin/true"])
+                    except docker.errors.APIError:
+                        continue  # the attacker stopped meanwhile (the monkey): nothing was reached
+                    if probe.exit_code == 0:
+                        result.isolation_breaches += 1
+                        result.note("isolation", f"{attacker.name} reached {name} at {ip}:{port}")
 
     # ------------------------------------------------------------------ database
 
@@ -161,7 +196,8 @@ class Checker:
             result.note("unverifiable", f"{who}: sandbox {sandbox.get('status', response.status_code)}")
             return
         try:
-            upstream, busy = await _upstream(f"http://127.0.0.1:{port}")
+            passwords = opencode_passwords(self.keyring, account.sandbox_id)
+            upstream, busy = await _upstream(f"http://127.0.0.1:{port}", passwords)
             ours = await _ours(client, account.sandbox_id)
         except (OpenCodeError, GaveUp, OSError) as error:
             result.unverifiable_sandboxes += 1
@@ -346,9 +382,9 @@ def _expected_status(info: dict[str, Any], *, busy: bool) -> str | None:
     return None if busy else "interrupted"
 
 
-async def _upstream(base_url: str) -> tuple[dict[str, list[dict[str, Any]]], set[str]]:
+async def _upstream(base_url: str, passwords: list[str]) -> tuple[dict[str, list[dict[str, Any]]], set[str]]:
     """Every session's message infos in OpenCode's store, and the sessions busy right now."""
-    async with OpenCodeClient(base_url, timeout=15) as agent:
+    async with OpenCodeClient(base_url, passwords, timeout=15) as agent:
         sessions = await agent.list_sessions()
         busy = set(await agent.session_status())
         found = {}

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
+from agentpod.security.keyring import Keyring
+from agentpod.security.sandbox_secrets import opencode_passwords
 from chaos.client import ApiClient, GaveUp
 
 SANDBOXES = "/api/v2/sandboxes"
@@ -78,9 +80,17 @@ class Journey:
     """Drives one :class:`Account` through the API."""
 
     def __init__(
-        self, account: Account, client: ApiClient, rng: random.Random, *, prompts: int, reply_timeout: float
+        self,
+        account: Account,
+        client: ApiClient,
+        rng: random.Random,
+        *,
+        prompts: int,
+        reply_timeout: float,
+        keyring: Keyring | None = None,
     ) -> None:
         self.account = account
+        self.keyring = keyring  # to read OpenCode's own store when diagnosing a timeout
         self.client = client
         self.rng = rng
         self.prompts = prompts
@@ -325,7 +335,9 @@ class Journey:
             port = urlsplit(str(sandbox.json().get("opencode_url") or "")).port
             if not port or not upstream_session:
                 return f"not readable (sandbox {sandbox.json().get('status')})"
-            async with OpenCodeClient(f"http://127.0.0.1:{port}", timeout=15) as agent:
+            sandbox_id = self.account.sandbox_id
+            passwords = opencode_passwords(self.keyring, sandbox_id) if self.keyring and sandbox_id else None
+            async with OpenCodeClient(f"http://127.0.0.1:{port}", passwords, timeout=15) as agent:
                 messages = [m["info"] for m in await agent.list_messages(upstream_session)]
                 busy = upstream_session in await agent.session_status()
         except (GaveUp, OpenCodeError, OSError, ValueError) as error:

@@ -33,8 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agentpod.clients.docker_network import host_address
-from agentpod.security.keyring import generate_entry
+from agentpod.clients.docker_network import sandbox_host_address
+from agentpod.security.keyring import Keyring, generate_entry, parse_key
 from agentpod.store.engine import create_engine
 from chaos.checks import Checker, CheckResult
 from chaos.client import ApiClient, Stats
@@ -130,6 +130,9 @@ class Run:
     """One chaos run: its stack, its accounts and what happened."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        # The installation's keyring: the checks derive each sandbox's OpenCode password from it.
+        self.key_entry = generate_entry("chaos1")
+        self.keyring = Keyring((parse_key(self.key_entry),))
         self.args = args
         self.seed: int = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
         self.run_id = uuid.uuid4().hex[:6]
@@ -181,9 +184,10 @@ class Run:
             AGENTPOD_DATA_DIR=str(self.root / "var"),
             AGENTPOD_DATABASE_URL=database_url,
             AGENTPOD_TEMPORAL_TASK_QUEUE="chaos",
-            AGENTPOD_ENCRYPTION_KEYS=generate_entry("chaos1"),
+            AGENTPOD_ENCRYPTION_KEYS=self.key_entry,
             AGENTPOD_SANDBOX_IMAGE=self.args.image,
             AGENTPOD_AGENT_BASE_CONFIG=json.dumps(agent_config(llm.base_url)),
+            AGENTPOD_SANDBOX_HOST_SERVICES=json.dumps({"fake-llm": llm.port}),
             AGENTPOD_SANDBOX_DRIFT_CHECK_SECONDS=str(self.args.drift_check),
             AGENTPOD_PUBLIC_DOMAIN="localhost",
         )
@@ -195,8 +199,9 @@ class Run:
         args = self.args
         began = time.monotonic()
         docker_client = docker.from_env()
-        # Bound to the bridge's host address: reachable from sandbox containers, not from outside the machine.
-        llm = FakeLLM.start(host=host_address(docker_client))
+        # Bound to the sandbox network's host address (not reachable from outside the machine), and its port
+        # allowlisted in the host firewall: the only host service sandboxes reach.
+        llm = FakeLLM.start(host=sandbox_host_address(docker_client))
         (self.root / "var").mkdir(parents=True)
         database_url = await self.database_url()
         stack = Stack(self.root, self.environment(database_url, llm), workers=args.workers, apis=args.apis)
@@ -210,7 +215,7 @@ class Run:
         try:
             await asyncio.to_thread(stack.migrate)
             await stack.start()
-            checker = Checker(engine, stack.temporal_address, stack.api_urls)
+            checker = Checker(engine, stack.temporal_address, stack.api_urls, self.keyring)
             pending: list[tuple[Account, ApiClient]] = []
             for number in range(1, args.iterations + 1):
                 pending = await self.iteration(number, stack, checker, docker_client, pending)
@@ -264,7 +269,7 @@ class Run:
         clients = [ApiClient(stack.api_urls, self.stats) for _ in accounts]
         journeys = [
             Journey(a, c, random.Random(f"{self.seed}:{number}:{a.label}"), prompts=args.prompts,
-                    reply_timeout=args.reply_timeout)
+                    reply_timeout=args.reply_timeout, keyring=self.keyring)
             for a, c in zip(accounts, clients, strict=True)
         ]  # fmt: skip
         deleters = [

@@ -156,7 +156,7 @@ gateway_libs() {
 }
 
 rm -rf "$CTX"
-mkdir -p "$CTX/base" "$CTX/opencode/usr/local/bin" "$CTX/gateway/usr/local/bin" "$CTX/gateway/usr/local/lib" \
+mkdir -p "$CTX/base" "$CTX/agent-home" "$CTX/opencode/usr/local/bin" "$CTX/gateway/usr/local/bin" "$CTX/gateway/usr/local/lib" \
     "$CTX/entrypoint/usr/local/bin"
 B="$CTX/base"
 
@@ -174,8 +174,9 @@ mkdir -p "$B/usr/bin" && ln -s ../../bin/busybox "$B/usr/bin/env"   # for #!/usr
 install -D -m 755 "$RG" "$B/usr/local/bin/rg"
 
 mkdir -p "$B/etc"
-printf 'root:x:0:0:root:/data:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$B/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' > "$B/etc/group"
+# The agent runs as `agent` (1000): the container is started with that user (see docker_engine.py).
+printf 'root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/data:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$B/etc/passwd"
+printf 'root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n' > "$B/etc/group"
 # Without this file glibc asks DNS before /etc/hosts (breaks --add-host names).
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$B/etc/nsswitch.conf"
 for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
@@ -185,10 +186,14 @@ for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; d
     fi
 done
 
-mkdir -p "$B/data" "$B/workspace" "$B/run/agentpod" "$B/tmp"
+mkdir -p "$B/run/agentpod" "$B/tmp"
 chmod 1777 "$B/tmp"
-# Secrets-bearing config lands here (a tmpfs at run time takes this mode): root only.
+# Secrets-bearing config lands here (a tmpfs owned by the agent at run time): private.
 chmod 700 "$B/run/agentpod"
+# /data and /workspace belong to the agent: the Dockerfile copies them with --chown, and Docker gives a
+# new named volume the owner and mode of the image directory it is mounted on.
+mkdir -p "$CTX/agent-home/data" "$CTX/agent-home/workspace"
+chmod 755 "$CTX/agent-home/data" "$CTX/agent-home/workspace"
 
 ln "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode" 2>/dev/null \
     || cp "$OPENCODE_BIN" "$CTX/opencode/usr/local/bin/opencode"

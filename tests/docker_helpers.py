@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import docker
+import pytest
 from docker.errors import DockerException, ImageNotFound
 
-from agentpod.clients.docker_network import host_address
+from agentpod.clients.docker_network import sandbox_host_address
 from agentpod.domain.sandbox import container_name, volume_names
 from tests.fakes.opencode_server import opencode_config
 from tests.requirements import missing
@@ -31,9 +33,20 @@ def docker_client() -> Any:
 
 
 def bridge_agent_config(llm_port: int, **extra: Any) -> dict[str, Any]:
-    """An OpenCode config for sandbox containers: the fake LLM on the host, reached through the bridge."""
-    host = host_address(docker_client())
+    """An OpenCode config for sandbox containers: the fake LLM on the host, reached through the
+    sandbox network's gateway (the worker must allowlist the port: :func:`use_fake_llm_in_sandboxes`)."""
+    host = sandbox_host_address(docker_client())
     return {**opencode_config(f"http://{host}:{llm_port}/v1"), **extra}
+
+
+def use_fake_llm_in_sandboxes(monkeypatch: pytest.MonkeyPatch, llm_port: int, **extra: Any) -> dict[str, Any]:
+    """Point the stack's sandboxes at the fake LLM: the installation's agent config names it, and the
+    host firewall lets sandboxes reach its port (every other host port stays closed to them)."""
+    config = bridge_agent_config(llm_port, **extra)
+    # The stack builds its Settings from the environment (prefix AGENTPOD_) plus its own overrides.
+    monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
+    monkeypatch.setenv("AGENTPOD_SANDBOX_HOST_SERVICES", json.dumps({"fake-llm": llm_port}))
+    return config
 
 
 def leftovers(client: Any, sandbox_id: str) -> tuple[list[str], list[str]]:

@@ -243,7 +243,9 @@ class SandboxWorkflow:
                 gateway_url=endpoints.internal_acp_url,
             )
             await execute(WAIT_OPENCODE_HEALTHY, health, options=_HEALTH)
-            credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url)
+            credentials = PushCredentialsInput(
+                user_id=self.state.user_id, opencode_url=endpoints.internal_opencode_url, sandbox_id=sandbox_id
+            )
             await execute(SANDBOX_PUSH_AGENT_CREDENTIALS, credentials, options=_DB)
         except ActivityError as error:
             await self._set_status(SandboxStatus.ERROR, error_message=_reason(error))

@@ -46,8 +46,8 @@ from agentpod.chat_mirror.mirror import Mirror, serialized, write_message
 from agentpod.clients.acp import AcpGatewayClient, AcpGatewayConflict, AcpGatewayError, GatewayEvent
 from agentpod.domain.activity import ActivityEvent
 from agentpod.domain.chat import ReconcileReport, SyncStatus, SyncTarget
-from agentpod.security.gateway_secret import gateway_secrets
 from agentpod.security.keyring import Keyring
+from agentpod.security.sandbox_secrets import gateway_secrets
 from agentpod.store.acp_sync import (
     acp_sessions,
     claim_session,

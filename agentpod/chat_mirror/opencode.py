@@ -471,16 +471,19 @@ class OpenCodeStream:
     # OpenCode sends `server.heartbeat` every 10 s; three missed ones mean the connection is dead.
     silence_limit = 30.0
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], target: SyncTarget) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], target: SyncTarget, passwords: Sequence[str]
+    ) -> None:
         self.mirror = OpenCodeMirror(sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
         self.label = f"sync {target.sandbox_id}"
         self._sessions = sessions
         self._url = target.opencode_url
+        self._passwords = list(passwords)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[tuple[OpenCodeClient, AsyncIterator[JSON]]]:
-        """A client and its event stream."""
-        async with OpenCodeClient(self._url) as client:
+        """A client (with the sandbox's server passwords) and its event stream."""
+        async with OpenCodeClient(self._url, self._passwords) as client:
             yield client, client.events().__aiter__()
 
     def opens(self, frame: JSON) -> bool:

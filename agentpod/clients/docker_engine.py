@@ -16,6 +16,8 @@ Exceptions callers must tell apart (all derive from :class:`DockerEngineError`):
 * :class:`ContainerGone` - the container an operation needs does not exist (never created, or
   removed between calls); re-run :meth:`DockerEngine.ensure_container`.
 * :class:`ContainerNotRunning` - the operation needs a running container.
+* :class:`SandboxNetworkError` - the sandboxes' isolated network or its host firewall cannot be set
+  up; not retryable until an operator fixes the cause it names.
 
 Any other engine refusal is raised as a plain :class:`DockerEngineError` (worth retrying: it is
 usually a transient conflict such as a removal in progress, or a missing network an operator can
@@ -40,6 +42,8 @@ from typing import Any
 import docker
 import docker.errors
 
+from agentpod.clients.docker_network import SandboxNetworkUnsafe, ensure_sandbox_network
+from agentpod.clients.sandbox_firewall import FirewallError, FirewallPolicy, apply_on_host
 from agentpod.domain.sandbox import (
     ACP_GATEWAY_PORT,
     LABEL_PREFIX,
@@ -60,10 +64,23 @@ LABEL_SPEC_HASH = f"{LABEL_PREFIX}spec-hash"
 
 # Bump when this module changes how it builds containers (mounts, options, labels): the spec
 # hash changes with it, so the next ensure_container replaces containers built the old way.
-_LAYOUT_VERSION = 1
+# 2: unprivileged user, no capabilities, read-only root, the isolated sandbox network.
+_LAYOUT_VERSION = 2
 
-# Small: it only holds config files. tmpfs pages count against the container's memory limit.
-_SECRETS_TMPFS = "rw,nosuid,nodev,noexec,size=1m,mode=0700"
+# The image's `agent` user: the agent, its tools and MCP servers never run as root.
+AGENT_UID = 1000
+AGENT_USER = f"{AGENT_UID}:{AGENT_UID}"
+
+# Small: it only holds config files. Owned by the agent, private to it. tmpfs pages count against the
+# container's memory limit.
+_SECRETS_TMPFS = f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={AGENT_UID},gid={AGENT_UID}"
+# The root filesystem is read-only: scratch space for the agent's tools lives in a tmpfs (memory).
+_TMP_TMPFS_MAX_MB = 512
+
+# How long a worker trusts that the sandbox network and its firewall are in place before checking
+# again (a host reboot or an operator's `iptables -F` removes the rules; each check is one short
+# helper container).
+NETWORK_RECHECK_SECONDS = 300.0
 
 # How long ensure_container keeps re-reading after losing races before giving up. Losing is
 # normal under concurrency: Docker reserves a name a moment before the container can be
@@ -95,6 +112,10 @@ class ContainerGone(DockerEngineError):
 
 class ContainerNotRunning(DockerEngineError):
     """The operation needs the container running, and it is not."""
+
+
+class SandboxNetworkError(DockerEngineError):
+    """The isolated sandbox network or its host firewall could not be set up (an operator must act)."""
 
 
 def spec_hash(spec: ContainerSpec) -> str:
@@ -175,6 +196,19 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
     )
 
 
+def _image_missing_message(image: str) -> str:
+    return (
+        f"image {image} is not on the Docker engine: an operator builds it with `make image` "
+        f"(images/build.sh {image}), then the sandbox can be started again"
+    )
+
+
+def _tmp_tmpfs(spec: ContainerSpec) -> str:
+    """/tmp options: a quarter of the memory limit, at most 512 MB (it is memory, and it counts)."""
+    size_mb = max(16, min(_TMP_TMPFS_MAX_MB, spec.memory_mb // 4))
+    return f"rw,nosuid,nodev,size={size_mb}m,mode=1777"
+
+
 def _secret_target(path_in_tmpfs: str) -> PurePosixPath:
     """Absolute path of a file inside the secrets tmpfs; rejects anything that could leave it."""
     relative = PurePosixPath(path_in_tmpfs)
@@ -226,13 +260,18 @@ class DockerEngine:
     while the engine is still down and report :class:`DockerUnavailable` per call instead.
     """
 
-    def __init__(self, base_url: str | None = None, *, timeout: int = 60) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, timeout: int = 60, firewall: FirewallPolicy | None = None
+    ) -> None:
         """``base_url`` like ``unix:///var/run/docker.sock`` or ``tcp://host:2376``; None or empty
-        uses the environment (``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``, ...)."""
+        uses the environment (``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``, ...). ``firewall``: the host
+        firewall to keep in place for the sandbox network (None: the operator chose none)."""
         self._base_url = base_url or None
         self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
+        self._firewall = firewall
+        self._network_checked_until: dict[tuple[str, str], float] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -287,13 +326,17 @@ class DockerEngine:
         An existing container built from another spec (tier, addons, image changed) is stopped,
         removed and created anew on the same volumes, so the agent's data survives.
         """
-        self._ensure_volumes(spec.sandbox_id)
+        self._ensure_network(spec)
+        volumes_existed = self._ensure_volumes(spec.sandbox_id)
         name = container_name(spec.sandbox_id)
         wanted = spec_hash(spec)
         deadline = time.monotonic() + _ENSURE_PATIENCE_SECONDS
         while True:
             attrs = self._inspect_attrs(name)
             if attrs is None:
+                if volumes_existed:
+                    self._give_volumes_to_agent(spec)
+                    volumes_existed = False
                 attrs = self._create(spec)
             if attrs is not None:
                 if _state(attrs).spec_hash == wanted:
@@ -304,13 +347,81 @@ class DockerEngine:
                 raise DockerEngineError(f"container {name} kept changing while being ensured; try again")
             time.sleep(0.05)
 
-    def _ensure_volumes(self, sandbox_id: str) -> None:
+    def _ensure_network(self, spec: ContainerSpec) -> None:
+        """The isolated sandbox network exists and the host firewall is in place (checked every few
+        minutes per engine, not on every call: applying it runs a helper container)."""
+        key = (spec.network, spec.image)
+        if time.monotonic() < self._network_checked_until.get(key, 0.0):
+            return
+        with _engine_errors(f"prepare network {spec.network}"):
+            try:
+                bridge = ensure_sandbox_network(self._api, spec.network)
+                if self._firewall is not None:
+                    apply_on_host(self._api, spec.image, bridge, self._firewall)
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(_image_missing_message(spec.image)) from exc
+            except (SandboxNetworkUnsafe, FirewallError) as exc:
+                raise SandboxNetworkError(str(exc)) from exc
+        self._network_checked_until[key] = time.monotonic() + NETWORK_RECHECK_SECONDS
+
+    def _ensure_volumes(self, sandbox_id: str) -> bool:
+        """Create the sandbox's volumes if missing; True when at least one existed already."""
+        existed = False
         workspace, data = volume_names(sandbox_id)
         for volume, role in ((workspace, "workspace"), (data, "data")):
             labels = {LABEL_MANAGED: "true", LABEL_SANDBOX_ID: sandbox_id, f"{LABEL_PREFIX}volume": role}
             with _engine_errors(f"create volume {volume}"):
-                # Creating a volume whose name exists returns the existing one (no 409).
+                try:
+                    self._api.inspect_volume(volume)
+                    existed = True
+                    continue
+                except docker.errors.NotFound:
+                    pass
+                # Creating a volume whose name exists returns the existing one (no 409): a race is fine.
                 self._api.create_volume(name=volume, labels=labels)
+        return existed
+
+    def _give_volumes_to_agent(self, spec: ContainerSpec) -> None:
+        """Hand volumes written by a root agent (containers from before layout 2) to the agent user.
+
+        A short-lived container from the sandbox image, with only the capabilities chown needs and no
+        network, changes the owner when a volume's top directory is not the agent's yet (new volumes
+        get the image directory's owner, so this only ever does work once per old volume). ``-h``:
+        symbolic links are changed themselves, never followed.
+        """
+        workspace, data = volume_names(spec.sandbox_id)
+        script = (
+            f'for d in {DATA_PATH} {WORKSPACE_PATH}; do [ "$(stat -c %u "$d")" = {AGENT_UID} ] '
+            f'|| chown -R -h {AGENT_USER} "$d" || exit 1; done'
+        )
+        api = self._api
+        with _engine_errors(f"hand the volumes of {spec.sandbox_id} to the agent user"):
+            host_config = api.create_host_config(
+                binds={workspace: {"bind": WORKSPACE_PATH, "mode": "rw"}, data: {"bind": DATA_PATH, "mode": "rw"}},
+                cap_drop=["ALL"],
+                cap_add=["CHOWN", "DAC_READ_SEARCH", "FOWNER"],
+                network_mode="none",
+                read_only=True,
+                security_opt=["no-new-privileges:true"],
+            )
+            try:
+                created = api.create_container(
+                    image=spec.image,
+                    entrypoint=["/bin/sh", "-c", script],
+                    user="0",
+                    labels={f"{LABEL_PREFIX}role": "volume-owner"},
+                    host_config=host_config,
+                )
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(_image_missing_message(spec.image)) from exc
+            try:
+                api.start(created["Id"])
+                code = int(api.wait(created["Id"], timeout=300).get("StatusCode", -1))
+                if code != 0:
+                    output = api.logs(created["Id"]).decode(errors="replace")
+                    raise DockerEngineError(f"handing the volumes to the agent user failed ({code}): {output[-300:]}")
+            finally:
+                api.remove_container(created["Id"], force=True)
 
     def _create(self, spec: ContainerSpec) -> dict[str, Any] | None:
         """Create the container; None when the name is taken (another call created it first)."""
@@ -334,7 +445,11 @@ class DockerEngine:
             },
             # Loopback only, host port chosen by Docker: the proxy in front decides who gets in.
             port_bindings=dict.fromkeys(ports, ("127.0.0.1",)),
-            tmpfs={SECRETS_PATH: _SECRETS_TMPFS},
+            tmpfs={SECRETS_PATH: _SECRETS_TMPFS, "/tmp": _tmp_tmpfs(spec)},
+            # The agent's image is fixed; what it writes goes to the volumes, the tmpfs mounts or nowhere.
+            read_only=True,
+            # The agent runs as `agent`, and even root inside would hold no capability.
+            cap_drop=["ALL"],
             nano_cpus=round(spec.cpu_cores * 1e9),
             mem_limit=spec.memory_mb * 1024 * 1024,
             pids_limit=spec.pids_limit,
@@ -342,6 +457,7 @@ class DockerEngine:
             # init: the image's shell entrypoint does not reap zombies left by the agent's tools.
             init=True,
             security_opt=["no-new-privileges:true"],
+            # The isolated sandbox network: no traffic between containers, host firewall (see _ensure_network).
             network_mode=spec.network,
         )
         with _engine_errors(f"create container {name}"):
@@ -351,14 +467,12 @@ class DockerEngine:
                     name=name,
                     labels=container_labels(spec),
                     environment=env,
+                    user=AGENT_USER,
                     ports=ports,
                     host_config=host_config,
                 )
             except docker.errors.ImageNotFound as exc:
-                raise ImageMissing(
-                    f"image {spec.image} is not on the Docker engine: an operator builds it with `make image` "
-                    f"(images/build.sh {spec.image}), then the sandbox can be started again"
-                ) from exc
+                raise ImageMissing(_image_missing_message(spec.image)) from exc
             except docker.errors.APIError as exc:
                 if _is_conflict(exc):
                     return None

@@ -1,4 +1,6 @@
-"""Where a container on a Docker network reaches the host: one answer for tests, chaos and bench.
+"""Docker networks: where containers reach the host, and the sandboxes' own isolated network.
+
+Where a container on a Docker network reaches the host: one answer for tests, chaos and bench.
 
 A long-used engine lists its default bridge's gateway (``IPAM.Config[0].Gateway``); a freshly started
 one lists only the subnet (``{"Config": [{"Subnet": "172.17.0.0/16"}]}``). Code that read the key
@@ -9,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import socket
 import struct
 from typing import Any
+
+import docker.errors
+
+from agentpod.domain.sandbox import DEFAULT_SANDBOX_NETWORK
 
 # Linux ioctl that reads an interface's IPv4 address (see netdevice(7)).
 _SIOCGIFADDR = 0x8915
@@ -71,3 +78,56 @@ def _interface_address(name: str) -> str | None:
         reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
         return socket.inet_ntoa(reply[20:24])
     return None
+
+
+_ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+class SandboxNetworkUnsafe(Exception):
+    """The configured network lets containers talk to each other: sandboxes must not join it."""
+
+
+def sandbox_bridge_name(network: str) -> str:
+    """The Linux bridge name a new sandbox network gets (at most 15 characters: IFNAMSIZ)."""
+    if network == DEFAULT_SANDBOX_NETWORK:
+        return "agentpod0"
+    return "ap-" + hashlib.sha256(network.encode()).hexdigest()[:12]
+
+
+def ensure_sandbox_network(api: Any, network: str) -> str:
+    """Create the sandboxes' bridge network unless it exists; return its Linux bridge's name.
+
+    Inter-container traffic is disabled on it (Docker drops bridge-local traffic between its
+    containers), so one sandbox never reaches another's address, whatever the port. An existing
+    network is adopted only if it has that setting too: the default ``bridge`` does not.
+    """
+    found = api.networks(names=[network])
+    attrs = next((item for item in found if item.get("Name") == network), None)
+    if attrs is None:
+        try:
+            api.create_network(
+                network,
+                driver="bridge",
+                options={_ICC_OPTION: "false", _BRIDGE_NAME_OPTION: sandbox_bridge_name(network)},
+                labels={"agentpod.role": "sandbox-network"},
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # another worker created it first: adopt theirs
+                raise
+        attrs = api.inspect_network(network)
+    else:
+        attrs = api.inspect_network(attrs["Id"])
+    if attrs.get("Driver") != "bridge" or (attrs.get("Options") or {}).get(_ICC_OPTION) != "false":
+        raise SandboxNetworkUnsafe(
+            f"Docker network {network!r} allows traffic between its containers; sandboxes need a bridge network "
+            f"created with -o {_ICC_OPTION}=false (remove it and the control plane creates it, or name another)"
+        )
+    return _bridge_interface(attrs)
+
+
+def sandbox_host_address(client: Any, network: str = DEFAULT_SANDBOX_NETWORK) -> str:
+    """Where sandboxes reach the host (an allowlisted host service listens there): the sandbox
+    network's gateway, the network created first if no sandbox has been started yet."""
+    ensure_sandbox_network(client.api, network)
+    return host_address(client, network)

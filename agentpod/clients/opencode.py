@@ -19,10 +19,11 @@ Quirks of OpenCode 1.18 this client relies on or works around:
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -102,9 +103,43 @@ def _error_for(response: httpx.Response, what: str) -> OpenCodeError:
     return OpenCodeError(message, status=response.status_code, body=body)
 
 
-class OpenCodeClient:
-    """One OpenCode server. Use as ``async with OpenCodeClient(url) as oc:`` (or call :meth:`aclose`).
+class RotatingBasicAuth(httpx.Auth):
+    """HTTP Basic with a list of candidate passwords: on a 401 the request is sent again with the next.
 
+    A sandbox holds the password made with the keyring's primary key at its last start; after a key
+    rotation it still holds the old one until it restarts, so the client tries the current password
+    first and older ones after. The one that worked moves to the front, so later requests (and the
+    event stream's reconnects) pay no extra round trip. No body is read: works for streams too.
+    """
+
+    def __init__(self, username: str, passwords: Sequence[str]) -> None:
+        if not passwords:
+            raise ValueError("at least one password is required")
+        self._username = username
+        self._passwords = list(passwords)
+
+    def _header(self, password: str) -> str:
+        token = base64.b64encode(f"{self._username}:{password}".encode()).decode()
+        return f"Basic {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Try the passwords in turn until one is not refused."""
+        candidates = list(self._passwords)
+        for password in candidates:
+            request.headers["Authorization"] = self._header(password)
+            response = yield request
+            if response.status_code != 401:
+                if password != self._passwords[0]:
+                    self._passwords.remove(password)
+                    self._passwords.insert(0, password)
+                return
+
+
+class OpenCodeClient:
+    """One OpenCode server. Use as ``async with OpenCodeClient(url, passwords) as oc:`` (or call :meth:`aclose`).
+
+    ``passwords`` are the sandbox's server passwords, current first
+    (:func:`agentpod.security.sandbox_secrets.opencode_passwords`); None for a server without one.
     All calls share one ``httpx.AsyncClient`` (and every client of the process one TLS context, see
     :func:`shared_ssl_context`); ``timeout`` applies to every call except the event
     stream, which has no read timeout (OpenCode sends a heartbeat every 10 s; the caller judges liveness).
@@ -113,8 +148,8 @@ class OpenCodeClient:
     def __init__(
         self,
         base_url: str,
+        passwords: Sequence[str] | None = None,
         *,
-        password: str | None = None,
         username: str = DEFAULT_USERNAME,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -123,7 +158,9 @@ class OpenCodeClient:
         self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            auth=httpx.BasicAuth(username, password) if password is not None else None,
+            auth=RotatingBasicAuth(username, passwords) if passwords else None,
+            # No proxy from the environment between us and a sandbox.
+            trust_env=False,
             timeout=httpx.Timeout(timeout),
             transport=transport,
             headers={"accept": "application/json"},

@@ -51,6 +51,21 @@ def volume_names(sandbox_id: str) -> tuple[str, str]:
     return f"{CONTAINER_PREFIX}-{sandbox_id}-workspace", f"{CONTAINER_PREFIX}-{sandbox_id}-data"
 
 
+# The Docker network sandboxes join (setting AGENTPOD_DOCKER_NETWORK): a bridge with traffic between
+# containers disabled, created by the control plane.
+DEFAULT_SANDBOX_NETWORK = "agentpod-sandboxes"
+# Private (RFC 1918), shared / CGNAT (RFC 6598), link-local (cloud metadata lives at 169.254.169.254)
+# and "this network": where a control plane's database, Temporal or an internal service would live.
+DEFAULT_BLOCKED_NETWORKS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "0.0.0.0/8",
+)
+
+
 class ContainerSpec(BaseModel):
     """Everything needed to (re)create a sandbox's container, derived from its database row."""
 
@@ -62,7 +77,7 @@ class ContainerSpec(BaseModel):
     cpu_cores: float = Field(gt=0)
     memory_mb: int = Field(gt=0)
     pids_limit: int = Field(gt=0)
-    network: str = "bridge"
+    network: str = DEFAULT_SANDBOX_NETWORK
     repo_name: str
     github_url: str | None = None
     flavor_id: str
@@ -160,6 +175,8 @@ class PushCredentialsInput(BaseModel):
 
     user_id: str
     opencode_url: str
+    # Whose OpenCode: its server password is derived from it (None only in histories from before).
+    sandbox_id: str | None = None
 
 
 class DeliverConfigInput(BaseModel):

@@ -73,8 +73,9 @@ async def versioned_stream(
     first ``get()`` is missed. Notifications may arrive out of order (several writers) or twice;
     only versions above the last one sent go out. ``parse`` runs once per stream and payload: cache it
     when it is not trivial (every stream of a channel receives the same payload). ``still_allowed``
-    runs at each heartbeat and ends the stream when it says no (a signed-out device stops receiving
-    pushes).
+    runs before every push and ends the stream when it says no, so a signed-out device receives
+    nothing more however often others write. An idle stream asks nothing: to end it when access is
+    lost meanwhile, close ``messages`` (the stream then ends).
     """
     state = await current()
     sent = state.version
@@ -84,13 +85,13 @@ async def versioned_stream(
             async with asyncio.timeout(heartbeat_seconds):
                 payload = await messages.get()
         except TimeoutError:
-            if still_allowed is not None and not await still_allowed():
-                return
             yield HEARTBEAT
             continue
         except NotifierClosedError:
             return
         state = await current() if payload is None else parse(payload)
         if state.version > sent:
+            if still_allowed is not None and not await still_allowed():
+                return
             sent = state.version
             yield _encoded(state.data, event, str(state.version))

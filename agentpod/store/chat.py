@@ -27,7 +27,7 @@ from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import ensure_session
 from agentpod.store.dialect_insert import dialect_of, insert_for
 from agentpod.store.sqlite_inline import inline_reads
-from agentpod.store.tables import AuthSession, ChatMessage, ChatSession, Sandbox, User
+from agentpod.store.tables import ChatMessage, ChatSession, Sandbox
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -609,20 +609,3 @@ async def load_changed(db: AsyncSession, sandbox_id: str, rows: Sequence[Changed
         )
         loaded.update({row.id: row for row in await db.scalars(messages)})
     return loaded
-
-
-async def viewer_still_allowed(db: AsyncSession, auth_session_id: str, sandbox_id: str) -> bool:
-    """Whether a long-lived stream may go on: token live, account unlocked, sandbox still the user's."""
-    query = (
-        select(AuthSession.id)
-        .join(User, User.id == AuthSession.user_id)
-        .join(Sandbox, Sandbox.user_id == User.id)
-        .where(
-            AuthSession.id == auth_session_id,
-            AuthSession.revoked_at.is_(None),
-            AuthSession.expires_at > utcnow(),
-            User.locked_at.is_(None),
-            Sandbox.id == sandbox_id,
-        )
-    )
-    return await db.scalar(query) is not None

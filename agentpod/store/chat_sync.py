@@ -29,6 +29,8 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from agentpod.domain.activity import ActivityEvent
+from agentpod.notify.channels import chat_channel
+from agentpod.notify.postgres import pg_channel
 from agentpod.store.activity import record_activity_once
 from agentpod.store.base import new_id
 from agentpod.store.dialect_insert import dialect_of, insert_for
@@ -126,14 +128,18 @@ async def lock_sandbox_chats(db: AsyncSession, sandbox_id: str) -> None:
     """Serialize the chat writers of one sandbox until this transaction ends.
 
     Must be the first statement of the transaction. PostgreSQL: a transaction-scoped advisory lock
-    on the sandbox (other sandboxes are not blocked). SQLite: the database's single write lock, taken
-    up front through :func:`store.write_gate.begin_write` (a deferred transaction that read first could
-    not safely write later).
+    on the sandbox (other sandboxes are not blocked), and in the same statement a ``NOTIFY`` on the
+    sandbox's chat channel, which PostgreSQL sends only if the transaction commits: the API's live
+    streams wake on it (``agentpod.notify.chat_feed``) instead of polling. One per transaction, no
+    extra round trip. SQLite: the database's single write lock, taken up front through
+    :func:`store.write_gate.begin_write` (a deferred transaction that read first could not safely write
+    later); the streams poll there.
     """
     conn = await db.connection()
     if conn.dialect.name == "postgresql":
         key = func.hashtextextended(f"agentpod.chat:{sandbox_id}", 0)
-        await conn.execute(select(func.pg_advisory_xact_lock(key)))
+        channel = pg_channel(chat_channel(sandbox_id))
+        await conn.execute(select(func.pg_advisory_xact_lock(key), func.pg_notify(channel, "")))
     else:
         await begin_write(db)
 

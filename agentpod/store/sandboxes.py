@@ -1,10 +1,16 @@
-"""Queries for sandboxes: owner-scoped reads, creation with catalog defaults, status writes."""
+"""Queries for sandboxes: owner-scoped reads, creation with catalog defaults and quota, status writes.
+
+A user's sandbox names are unique by :func:`sandbox_name_key` (a unique index, so parallel requests
+cannot both win). Creates and renames through the API first take :func:`lock_owner`, so the quota
+count and the name check they make hold until their transaction commits.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
@@ -16,6 +22,8 @@ from agentpod.domain.sandbox_import import LabelledSandbox
 from agentpod.store.base import utcnow
 from agentpod.store.sqlite_inline import inline_reads
 from agentpod.store.tables import ContainerAddon, ContainerFlavor, ResourceTier, Sandbox, User, UserPreferences
+from agentpod.store.tables.sandboxes import sandbox_name_key
+from agentpod.store.write_gate import begin_write
 
 SLUG_MAX = 48
 
@@ -31,6 +39,25 @@ class CatalogError(ValueError):
 
 class DuplicateNameError(ValueError):
     """The user already has a sandbox with this name."""
+
+
+@dataclass(frozen=True)
+class SandboxQuota:
+    """How many sandboxes one user may hold: ``total`` in all, and at most ``per_tier[t]`` on tier ``t``."""
+
+    total: int
+    per_tier: Mapping[str, int] = field(default_factory=dict)
+
+
+class QuotaExceededError(Exception):
+    """Creating (or moving) the sandbox would put the user over a limit of :class:`SandboxQuota`."""
+
+    def __init__(self, limit: int, count: int, resource_tier_id: str | None) -> None:
+        where = f" on the {resource_tier_id!r} tier" if resource_tier_id else ""
+        super().__init__(f"{count} sandbox(es){where}, limit {limit}")
+        self.limit = limit
+        self.count = count
+        self.resource_tier_id = resource_tier_id  # None: the overall limit
 
 
 def slugify(name: str) -> str:
@@ -114,11 +141,46 @@ async def validate_catalog_choices(
 
 
 async def name_taken(db: AsyncSession, user_id: str, name: str, *, exclude_id: str | None = None) -> bool:
-    """Whether the user already has a sandbox called ``name`` (case-insensitive)."""
-    query = select(Sandbox.id).where(Sandbox.user_id == user_id, func.lower(Sandbox.name) == name.lower())
+    """Whether the user already has a sandbox called ``name`` (by :func:`sandbox_name_key`)."""
+    query = select(Sandbox.id).where(Sandbox.user_id == user_id, Sandbox.name_key == sandbox_name_key(name))
     if exclude_id is not None:
         query = query.where(Sandbox.id != exclude_id)
     return await db.scalar(query) is not None
+
+
+async def lock_owner(db: AsyncSession, user_id: str) -> None:
+    """Serialize the user's sandbox creates, renames and tier moves until this transaction ends.
+
+    Must come before the transaction's first write. PostgreSQL: a transaction-scoped advisory lock
+    on the user (other users are not blocked). SQLite: the database's single write lock, taken up
+    front (:func:`store.write_gate.begin_write`), so the count read under it is still true at commit.
+    """
+    conn = await db.connection()
+    if conn.dialect.name == "postgresql":
+        key = func.hashtextextended(f"agentpod.sandboxes:{user_id}", 0)
+        await conn.execute(select(func.pg_advisory_xact_lock(key)))
+    else:
+        await begin_write(db)
+
+
+async def check_quota(
+    db: AsyncSession, user_id: str, quota: SandboxQuota, *, resource_tier_id: str, new: bool = True
+) -> None:
+    """Raise :class:`QuotaExceededError` if one more sandbox (``new``) or one more on the tier would not fit.
+
+    Call under :func:`lock_owner`. Every row counts, whatever its status, until its deletion finishes
+    (the row goes last), so a sandbox being deleted still holds its slot.
+    """
+    owned = select(func.count()).select_from(Sandbox).where(Sandbox.user_id == user_id)
+    if new:
+        count = await db.scalar(owned) or 0
+        if count >= quota.total:
+            raise QuotaExceededError(quota.total, count, None)
+    tier_limit = quota.per_tier.get(resource_tier_id)
+    if tier_limit is not None:
+        count = await db.scalar(owned.where(Sandbox.resource_tier_id == resource_tier_id)) or 0
+        if count >= tier_limit:
+            raise QuotaExceededError(tier_limit, count, resource_tier_id)
 
 
 async def _free_slug(db: AsyncSession, user_id: str, base: str) -> str:
@@ -133,20 +195,47 @@ async def _free_slug(db: AsyncSession, user_id: str, base: str) -> str:
     return f"{base}-{n}"
 
 
-async def create(db: AsyncSession, *, user_id: str, name: str, **fields: Any) -> Sandbox:
-    """Insert a sandbox with a slug unique for its owner; raises :class:`DuplicateNameError`."""
+async def create(
+    db: AsyncSession, *, user_id: str, name: str, quota: SandboxQuota | None = None, **fields: Any
+) -> Sandbox:
+    """Insert a sandbox with a slug unique for its owner.
+
+    With ``quota`` (API requests) the owner is locked and the quota checked first. Raises
+    :class:`DuplicateNameError`, :class:`QuotaExceededError`; on either nothing has been written.
+    """
+    if quota is not None:
+        await lock_owner(db, user_id)
+        await check_quota(db, user_id, quota, resource_tier_id=fields["resource_tier_id"])
     if await name_taken(db, user_id, name):
         raise DuplicateNameError(name)
     base = slugify(name)
-    for _ in range(5):  # a concurrent create may take the slug between our read and insert
+    for _ in range(5):  # a writer that skipped the lock may take the slug between our read and insert
         sandbox = Sandbox(user_id=user_id, name=name, slug=await _free_slug(db, user_id, base), **fields)
         try:
             async with db.begin_nested():
                 db.add(sandbox)
             return sandbox
-        except IntegrityError:
-            continue
+        except IntegrityError:  # the savepoint's rollback took the pending row out of the session
+            # The unique index on the name decides between parallel creates; only a slug is worth retrying.
+            if await name_taken(db, user_id, name):
+                raise DuplicateNameError(name) from None
     raise DuplicateNameError(name)
+
+
+async def rename(db: AsyncSession, sandbox: Sandbox, name: str) -> None:
+    """Give ``sandbox`` a new name (written now); raises :class:`DuplicateNameError` if the user has it.
+
+    Call under :func:`lock_owner`; the unique index still refuses a writer that skipped the lock.
+    After the error the caller answers and lets the transaction roll back (``sandbox`` is expired).
+    """
+    if await name_taken(db, sandbox.user_id, name, exclude_id=sandbox.id):
+        raise DuplicateNameError(name)
+    sandbox.name = name
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError:
+        raise DuplicateNameError(name) from None
 
 
 async def set_status(

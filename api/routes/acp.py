@@ -20,7 +20,7 @@ from agentpod.clients.acp import (
     AcpGatewayNotFound,
     AcpGatewayUnavailable,
 )
-from agentpod.security.gateway_secret import gateway_secrets
+from agentpod.security.sandbox_secrets import gateway_secrets
 from agentpod.store import chat
 from agentpod.store.acp_sync import claim_session
 from agentpod.store.base import utcnow

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -12,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
+from agentpod.safe_csv import SafeCsvWriter
 from agentpod.store import activity_queries
 from agentpod.store.activity_queries import ActivityFilter, ActivityRow, Position
 from api.deps import Context, CurrentUser, DbSession
@@ -100,23 +98,10 @@ async def _json(pages: AsyncIterator[list[ActivityRow]]) -> AsyncIterator[str]:
     yield "]\n"
 
 
-def _csv_cell(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return "" if value is None else value
-
-
 async def _csv(pages: AsyncIterator[list[ActivityRow]]) -> AsyncIterator[str]:
-    # The csv module quotes fields holding commas, quotes or line breaks (RFC 4180): a value
-    # round-trips exactly through any CSV reader.
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    yield buffer.getvalue()
+    # User agents, entity ids and metadata come from clients: the safe writer keeps a cell such as
+    # =HYPERLINK(...) from running as a formula in a spreadsheet (agentpod/safe_csv.py).
+    writer = SafeCsvWriter()
+    yield writer.rows([CSV_COLUMNS])
     async for rows in pages:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerows([_csv_cell(getattr(row, column)) for column in CSV_COLUMNS] for row in rows)
-        yield buffer.getvalue()
+        yield writer.rows([getattr(row, column) for column in CSV_COLUMNS] for row in rows)

@@ -42,8 +42,9 @@ async def sign_up(
     entry: Annotated[AuditEntry, audit("auth.signup", entity="user", public=True)],
 ) -> TokenResponse:
     """Create an account and sign it in."""
+    password_hash = await hash_password(body.password)
     try:
-        user = await users.create_user(db, email=body.email, name=body.name, password_hash=hash_password(body.password))
+        user = await users.create_user(db, email=body.email, name=body.name, password_hash=password_hash)
     except users.EmailTakenError:
         raise Conflict("an account with this email already exists", code="email_taken") from None
     entry.user_id = user.id
@@ -61,7 +62,12 @@ async def sign_in(
 ) -> TokenResponse:
     """Exchange email and password for a token. Unknown email and wrong password look identical."""
     user = await users.get_user_by_email(db, body.email)
-    if not verify_password(user.password_hash if user else None, body.password) or user is None:
+    # End the read before the password check: waiting for a free hashing thread can take seconds in a
+    # burst, and sign-ins holding their connections meanwhile emptied the pool for every other request.
+    # (A commit, not a rollback: it keeps ``user`` loaded.)
+    await db.commit()
+    # An unknown email is checked against a dummy hash: the same work, so timing tells nothing.
+    if not await verify_password(user.password_hash if user else None, body.password) or user is None:
         raise Unauthorized("wrong email or password", code="invalid_credentials")
     if user.locked_at is not None:
         raise Forbidden("this account is being deleted", code="account_locked")

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
 
 from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
 from agentpod.settings import Settings
@@ -24,9 +26,11 @@ from api.audit import AuditEntry, audit
 from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, relay
 from api.deps import (
     Auth,
+    ChatChangesDep,
     ChatStreamTiming,
     Context,
     DbSession,
+    LiveStreamsDep,
     OpenCodeChat,
     OpenCodeClients,
     OpenCodeFactory,
@@ -107,7 +111,7 @@ async def _opencode(clients: OpenCodeFactory, sandbox: Sandbox, public_domain: s
     base_url = sandbox.opencode_internal_url or internal_opencode_url(sandbox.opencode_url, public_domain)
     if base_url is None:
         raise Conflict("the sandbox's agent address is not known yet", code="opencode_address_unknown")
-    client = clients(base_url)
+    client = clients(base_url, sandbox.id)
     try:
         yield client
     except OpenCodeNotFound:
@@ -318,8 +322,18 @@ async def abort_session(
 
 @router.get(
     "/stream",
-    response_class=EventStreamResponse,
-    responses={200: {"description": "Server-Sent Events: `ready`, `session`, `message`, `end`"}},
+    # Not EventStreamResponse: its media type would be documented for the JSON errors too.
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `ready`, `session`, `message`, `end`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        429: {
+            "model": ErrorResponse,
+            "description": "`too_many_streams`: the account holds the most live streams allowed",
+        },
+    },
 )
 async def stream(
     request: Request,
@@ -328,6 +342,8 @@ async def stream(
     db: DbSession,
     ctx: Context,
     timing: ChatStreamTiming,
+    streams: LiveStreamsDep,
+    changes: ChatChangesDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=200)] = None,
     last_event_id: Annotated[
         str | None, Query(max_length=200, description="For clients that cannot set headers.")
@@ -339,15 +355,12 @@ async def stream(
         start = ChangeKey.decode(given) if given else await chat.latest_change(db, sandbox.id)
     except InvalidCursor as error:
         raise _invalid_cursor(error, "Last-Event-ID") from None
-    sandbox_id, auth_session_id = sandbox.id, auth[1].id
-    # The stream polls with its own short sessions; holding this one would pin a connection (and, on
+    sandbox_id, (user, auth_session) = sandbox.id, auth
+    # The stream reads with its own short sessions; holding this one would pin a connection (and, on
     # SQLite, an old read snapshot) for as long as the phone stays connected.
     await db.close()
-
-    async def still_allowed() -> bool:
-        async with ctx.sessions() as check:
-            return await chat.viewer_still_allowed(check, auth_session_id, sandbox_id)
-
+    slot = streams.open(user.id, auth_session.id, sandbox_id)  # 429 past the per-user cap
     feed = ChangeFeed(ctx.sessions, sandbox_id, start, lookback=timing.lookback, batch=timing.batch)
-    events = relay(feed, timing, is_disconnected=request.is_disconnected, still_allowed=still_allowed)
-    return EventStreamResponse(events, headers=STREAM_HEADERS)
+    events = relay(feed, timing, changes=changes, stream=slot, is_disconnected=request.is_disconnected)
+    # The slot is also given back here: a client gone before the first byte never runs the body.
+    return EventStreamResponse(events, headers=STREAM_HEADERS, background=BackgroundTask(slot.close))

@@ -15,18 +15,16 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
-from fastapi.security.utils import get_authorization_scheme_param
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.background import BackgroundTask
 
 from agentpod.notify import Notifier
 from agentpod.notify.sse import Versioned, versioned_stream
 from agentpod.store import preferences as prefs
 from agentpod.store.sandboxes import CatalogError
 from agentpod.store.tables import UserPreferences
-from agentpod.store.users import resolve_token
 from api.audit import AuditEntry, audit
 from api.deps import (
     Auth,
@@ -34,6 +32,7 @@ from api.deps import (
     CurrentUser,
     DbSession,
     HeartbeatSeconds,
+    LiveStreamsDep,
     NotifierDep,
     PreferencesWrite,
     PreferencesWriter,
@@ -47,6 +46,7 @@ from api.errors import (
     NotFound,
     PreconditionFailed,
 )
+from api.live_streams import LiveStream
 from api.schemas.preferences import (
     HistoryEntryOut,
     PreferencesHistoryOut,
@@ -185,32 +185,46 @@ async def restore_preferences(
         200: {
             "description": "Server-Sent Events: `preferences` events (data as GET, id = version), keep-alive comments",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        }
+        },
+        429: {
+            "model": ErrorResponse,
+            "description": "`too_many_streams`: the account holds the most live streams allowed",
+        },
     },
 )
 async def stream_preferences(
-    request: Request,
     auth: Auth,
     db: DbSession,
     ctx: Context,
     notifier: NotifierDep,
     heartbeat_seconds: HeartbeatSeconds,
+    streams: LiveStreamsDep,
 ) -> StreamingResponse:
-    """Live push: the current state on connect, then every newer version, to every connected device."""
-    user_id = auth[0].id
+    """Live push: the current state on connect, then every newer version, to every connected device.
+
+    Ends when the device signs out (or its token expires, or the account is locked): no push goes out
+    after that, and the stream closes within about a second.
+    """
+    user, auth_session = auth
     # The session only authenticated the caller: a stream must not pin a pooled connection for hours.
     await db.close()
-    token = get_authorization_scheme_param(request.headers.get("authorization"))[1]
+    slot = streams.open(user.id, auth_session.id)  # 429 past the per-user cap
     return StreamingResponse(
-        _events(ctx.sessions, notifier, user_id, token, heartbeat_seconds),
+        _events(ctx.sessions, notifier, user.id, slot, heartbeat_seconds),
         media_type="text/event-stream",
         # No caching, and no buffering by nginx-style proxies: each event must leave at once.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # The slot is also given back here: a client gone before the first byte never runs the body.
+        background=BackgroundTask(slot.close),
     )
 
 
 async def _events(
-    sessions: async_sessionmaker[AsyncSession], notifier: Notifier, user_id: str, token: str, heartbeat_seconds: float
+    sessions: async_sessionmaker[AsyncSession],
+    notifier: Notifier,
+    user_id: str,
+    slot: LiveStream,
+    heartbeat_seconds: float,
 ) -> AsyncIterator[bytes]:
     async def current() -> Versioned:
         async with sessions() as db:
@@ -218,27 +232,23 @@ async def _events(
         out = PreferencesOut.model_validate(row)
         return Versioned(out.settings_version, out.model_dump_json())
 
-    async def signed_in() -> bool:
-        # A signed-out (or locked) device stops receiving pushes at its next heartbeat.
-        try:
-            async with sessions() as db:
-                return await resolve_token(db, token) is not None
-        except (SQLAlchemyError, OSError) as error:
-            # Fail closed, quietly: the client reconnects (and is authenticated again) by itself.
-            log.info("ending a preferences stream: token check failed (%s)", error)
-            return False
-
-    # Subscribed before the state is read: a change committed in between is not missed.
-    async with notifier.subscribe(channel(user_id)) as messages:
-        async for chunk in versioned_stream(
-            messages,
-            event="preferences",
-            current=current,
-            parse=_parse_pushed,
-            heartbeat_seconds=heartbeat_seconds,
-            still_allowed=signed_in,
-        ):
-            yield chunk
+    try:
+        # Subscribed before the state is read: a change committed in between is not missed.
+        async with notifier.subscribe(channel(user_id)) as messages:
+            # Signed out anywhere: the shared re-check ends the subscription, and with it the stream.
+            slot.on_revoked(messages.close)
+            async for chunk in versioned_stream(
+                messages,
+                event="preferences",
+                current=current,
+                parse=_parse_pushed,
+                heartbeat_seconds=heartbeat_seconds,
+                # Checked before every push: another device writing often must not keep feeding this one.
+                still_allowed=slot.still_allowed,
+            ):
+                yield chunk
+    finally:
+        slot.close()
 
 
 @functools.lru_cache(maxsize=64)

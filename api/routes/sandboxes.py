@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Response, status
 
 from agentpod.domain.sandbox import SandboxTransition
+from agentpod.settings import Settings
 from agentpod.store import sandboxes
 from agentpod.store.tables import Sandbox
 from api.audit import AuditEntry, audit
-from api.deps import CurrentUser, DbSession, OwnedSandbox, Transitions
+from api.deps import CurrentUser, DbSession, OwnedSandbox, SettingsDep, Transitions
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict
 from api.schemas.sandboxes import SandboxCreate, SandboxList, SandboxOut, SandboxUpdate
 
@@ -27,6 +28,22 @@ def _catalog_error(error: sandboxes.CatalogError) -> BadRequest:
 
 def _duplicate_name(name: str) -> Conflict:
     return Conflict(f"you already have a sandbox named {name!r}", code="duplicate_name")
+
+
+def _quota(settings: Settings) -> sandboxes.SandboxQuota:
+    return sandboxes.SandboxQuota(settings.max_sandboxes_per_user, settings.max_sandboxes_per_tier)
+
+
+def _quota_exceeded(error: sandboxes.QuotaExceededError) -> Conflict:
+    if error.resource_tier_id is None:
+        message = f"you have {error.count} sandboxes and the limit is {error.limit}: delete one to create another"
+    else:
+        message = (
+            f"you have {error.count} sandboxes on the {error.resource_tier_id!r} tier and its limit is "
+            f"{error.limit}: delete one or move it to another tier first"
+        )
+    details = {"limit": error.limit, "count": error.count, "resource_tier_id": error.resource_tier_id}
+    return Conflict(message, code="sandbox_quota_exceeded", details=details)
 
 
 async def _answer(db: DbSession, sandbox: Sandbox, response: Response, *, finished: bool) -> SandboxOut:
@@ -50,6 +67,7 @@ async def create_sandbox(
     body: SandboxCreate,
     user: CurrentUser,
     db: DbSession,
+    settings: SettingsDep,
     transition: Transitions,
     response: Response,
     entry: Annotated[AuditEntry, audit("sandbox.create", entity="sandbox", with_request_id=False)],
@@ -73,12 +91,16 @@ async def create_sandbox(
             resource_tier_id=tier,
             flavor_id=flavor,
             addon_ids=addons,
+            quota=_quota(settings),
         )
     except sandboxes.CatalogError as error:
         raise _catalog_error(error) from None
     except sandboxes.DuplicateNameError:
         raise _duplicate_name(body.name) from None
-    # In the creating transaction: the row exists exactly when the sandbox does.
+    except sandboxes.QuotaExceededError as error:
+        raise _quota_exceeded(error) from None
+    # In the creating transaction: the row exists exactly when the sandbox does. A refused create (above)
+    # commits nothing and starts no workflow.
     await entry.record(db, entity_id=sandbox.id, name=sandbox.name, auto_start=body.auto_start)
     await db.commit()
     finished = not body.auto_start or await transition(sandbox, SandboxTransition.START)
@@ -96,6 +118,7 @@ async def update_sandbox(
     body: SandboxUpdate,
     sandbox: OwnedSandbox,
     db: DbSession,
+    settings: SettingsDep,
     transition: Transitions,
     response: Response,
     entry: Annotated[
@@ -118,11 +141,22 @@ async def update_sandbox(
         )
     except sandboxes.CatalogError as error:
         raise _catalog_error(error) from None
-    if "name" in changes and await sandboxes.name_taken(db, sandbox.user_id, changes["name"], exclude_id=sandbox.id):
-        raise _duplicate_name(changes["name"])
     if "addon_ids" in changes:
         changes["addon_ids"] = sorted(set(changes["addon_ids"] or []))
     changed = [field for field, value in changes.items() if getattr(sandbox, field) != value]
+    if {"name", "resource_tier_id"} & set(changed):
+        # Under the owner's lock, like a create: a parallel create or move cannot slip past these checks.
+        await sandboxes.lock_owner(db, sandbox.user_id)
+        try:
+            if "resource_tier_id" in changed:
+                tier = changes["resource_tier_id"]
+                await sandboxes.check_quota(db, sandbox.user_id, _quota(settings), resource_tier_id=tier, new=False)
+            if "name" in changed:
+                await sandboxes.rename(db, sandbox, changes["name"])
+        except sandboxes.DuplicateNameError:
+            raise _duplicate_name(changes["name"]) from None
+        except sandboxes.QuotaExceededError as error:
+            raise _quota_exceeded(error) from None
     for field in changed:
         setattr(sandbox, field, changes[field])
     if changed:

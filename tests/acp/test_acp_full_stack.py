@@ -20,10 +20,10 @@ from temporalio.client import WorkflowExecutionStatus
 from agentpod.chat_mirror.acp_transcript import fold_history
 from agentpod.clients.acp import AcpGatewayClient
 from agentpod.domain.sandbox import container_name
-from agentpod.security.gateway_secret import gateway_secrets
 from agentpod.security.keyring import load_keyring
+from agentpod.security.sandbox_secrets import gateway_secrets
 from agentpod.store.tables import ActivityLog, Sandbox
-from tests.docker_helpers import bridge_agent_config
+from tests.docker_helpers import use_fake_llm_in_sandboxes
 from tests.fakes.fake_llm import PLAIN_REPLY, TOOL_COMMAND, FakeLLM
 from tests.helpers import auth_header, eventually, sign_up
 from tests.workflows import conftest as workflow_stack
@@ -53,9 +53,7 @@ TIMEOUT = 60.0
 @pytest.fixture
 def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The fake provider, and bash only after the user's permission."""
-    config = bridge_agent_config(bridge_llm.port, permission={"bash": "ask"})
-    monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
-    return config
+    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port, permission={"bash": "ask"})
 
 
 @pytest_asyncio.fixture

@@ -25,8 +25,8 @@ from agentpod.domain.sandbox import (
     RemoveContainerInput,
     WaitHealthyInput,
 )
-from agentpod.security.gateway_secret import gateway_secret
 from agentpod.security.keyring import Keyring, generate_entry, parse_key
+from agentpod.security.sandbox_secrets import gateway_secret
 from agentpod.settings import Settings
 from tests.clients import docker_client, make_spec, new_sandbox_id, purge
 
@@ -83,7 +83,7 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
     # "Running" promises both servers: the wait covers the ACP gateway too.
     await env.run(
         acts.wait_opencode_healthy,
-        WaitHealthyInput(base_url=opencode_url, gateway_url=gateway_url, timeout_seconds=20),
+        WaitHealthyInput(base_url=opencode_url, gateway_url=gateway_url, timeout_seconds=20, sandbox_id=sandbox_id),
     )
     assert time.monotonic() - began < 20
     assert await env.run(acts.docker_inspect_container, sandbox_id) == started
@@ -91,7 +91,10 @@ async def test_lifecycle_through_activities(tmp_path: Path, sandbox_id: str) -> 
         await env.run(
             acts.wait_opencode_healthy,
             WaitHealthyInput(
-                base_url=opencode_url, gateway_url=f"http://127.0.0.1:{_closed_port()}", timeout_seconds=1
+                base_url=opencode_url,
+                gateway_url=f"http://127.0.0.1:{_closed_port()}",
+                timeout_seconds=1,
+                sandbox_id=sandbox_id,
             ),
         )
     assert no_gateway.value.type == "GatewayUnhealthy" and not no_gateway.value.non_retryable

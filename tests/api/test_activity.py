@@ -285,6 +285,12 @@ TRICKY = [
 ]
 
 
+def _as_text_cell(value: object) -> str:
+    """What the CSV export holds for a text value: a formula-looking one with a leading quote."""
+    assert isinstance(value, str)
+    return f"'{value}" if value.startswith("=") else value
+
+
 async def test_csv_export_round_trips_every_row_with_commas_quotes_and_newlines(
     app: FastAPI, client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -313,10 +319,73 @@ async def test_csv_export_round_trips_every_row_with_commas_quotes_and_newlines(
     assert len(exported) == len(parsed) - 1 == 2345  # + the sign-up row
     for row_id, original in zip(ids, rows, strict=True):
         row = exported[row_id]
-        assert row["entity_id"] == original["entity_id"]
-        assert row["user_agent"] == original["user_agent"]
+        assert row["entity_id"] == _as_text_cell(original["entity_id"])
+        assert row["user_agent"] == _as_text_cell(original["user_agent"])
         assert json.loads(row["metadata"]) == original["metadata_"]
         assert datetime.fromisoformat(row["created_at"]) == original["created_at"]
+
+
+# What OWASP lists as starting a spreadsheet formula: =, +, -, @, tab, carriage return.
+HYPERLINK = '=HYPERLINK("http://e","click")'
+HEADER_FORMULAS = [HYPERLINK, "+1+cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0", "@SUM(A1:A2)"]
+
+
+async def test_csv_export_neutralizes_spreadsheet_formulas_from_clients(
+    app: FastAPI, client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # The user agent of every request is the client's own text, written to the activity log as sent.
+    email, password = f"csv-{uuid.uuid4().hex[:6]}@example.com", "correct horse battery"
+    signed_up = await client.post(
+        "/api/auth/sign-up",
+        json={"email": email, "password": password, "name": "Ada"},
+        headers={"User-Agent": HEADER_FORMULAS[0]},
+    )
+    assert signed_up.status_code == 201
+    user_id, headers = signed_up.json()["user"]["id"], auth_header(signed_up.json()["token"])
+    for agent in [*HEADER_FORMULAS[1:], BROWSER]:
+        signed_in = await client.post(
+            "/api/auth/sign-in", json={"email": email, "password": password}, headers={"User-Agent": agent}
+        )
+        assert signed_in.status_code == 200
+    created = await client.post(
+        SANDBOXES, json={"name": "=1+2 demo", "repo_name": "demo"}, headers={**headers, "User-Agent": BROWSER}
+    )
+    assert created.status_code == 201
+    await settle(app)
+    # A header cannot start with a tab or carry a carriage return: those two are seeded.
+    await _seed(
+        sessions,
+        user_id,
+        [
+            {
+                "action": "chat.message_send",
+                "entity_type": "chat_session",
+                "entity_id": "\t=1+1",
+                "user_agent": "\r=1+1",
+                "created_at": datetime.now(UTC),
+            }
+        ],
+    )
+
+    response = await client.get(f"{BASE}/export", params={"format": "csv"}, headers=headers)
+    assert response.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    agents = [row["user_agent"] for row in rows if row["action"] in ("auth.signup", "auth.login")]
+    assert sorted(agents) == sorted([*(f"'{agent}" for agent in HEADER_FORMULAS), BROWSER])
+    seeded = next(row for row in rows if row["action"] == "chat.message_send")
+    assert (seeded["entity_id"], seeded["user_agent"]) == ("'\t=1+1", "'\r=1+1")
+    # No cell of the file starts a formula; proper CSV quoting is kept around the quoted one.
+    assert not [value for row in rows for value in row.values() if value[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert '"\'=HYPERLINK(""http://e"",""click"")"' in response.text
+    # Everything else is exactly what was stored: ids, times, IPs, and metadata (JSON, never neutralized).
+    create = next(row for row in rows if row["action"] == "sandbox.create")
+    assert create["entity_id"] == created.json()["id"] and create["user_agent"] == BROWSER
+    assert json.loads(create["metadata"])["name"] == "=1+2 demo"
+    assert {row["ip_address"] for row in rows if row["action"] != "chat.message_send"} == {"127.0.0.1"}
+    assert all(datetime.fromisoformat(row["created_at"]) for row in rows)
+    # The JSON export is data, not a spreadsheet: it carries the values unchanged.
+    exported = (await client.get(f"{BASE}/export", headers=headers)).json()
+    assert HYPERLINK in {row["user_agent"] for row in exported}
 
 
 async def test_json_export_streams_every_row_and_honours_filters(

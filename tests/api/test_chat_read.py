@@ -434,7 +434,7 @@ class FakeOpenCode:
         self.error = error
         self.closed = 0
 
-    def factory(self, base_url: str) -> FakeOpenCode:
+    def factory(self, base_url: str, sandbox_id: str) -> FakeOpenCode:
         self.calls.append(("connect", base_url))
         return self
 

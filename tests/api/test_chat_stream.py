@@ -23,18 +23,19 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentpod.store import chat as chat_store
 from agentpod.store.base import utcnow
 from agentpod.store.chat import STREAM_START, ChangeKey, InvalidCursor
+from agentpod.store.chat_sync import lock_sandbox_chats
 from agentpod.store.tables import ChatMessage, ChatSession
 from api.chat_stream import ChangeFeed, StreamTiming
 from api.deps import get_stream_timing
 from tests.api.test_chat_read import add_messages, chat_url, mount_chat, new_sandbox, new_session, new_user
 
-FAST = StreamTiming(heartbeat_seconds=0.4, recheck_seconds=0.2)
+FAST = StreamTiming(heartbeat_seconds=0.4)
 
 
 @dataclass
@@ -253,6 +254,69 @@ async def test_stream_ends_when_the_token_is_revoked(
         end = await stream.event(timeout=2)
         assert (end["event"], end["data"]) == ("end", {"reason": "access_revoked"})
         assert await stream.frame(timeout=2) is None  # the server closed the stream
+
+
+class StatementCounter:
+    """Counts the statements an engine sends to the database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.count = 0
+        self._engine = engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: object) -> None:
+        self.count += 1
+
+    async def over(self, seconds: float) -> int:
+        """Statements sent during the next ``seconds``."""
+        before = self.count
+        await asyncio.sleep(seconds)
+        return self.count - before
+
+    def stop(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._seen)
+
+
+async def test_idle_streams_cost_no_query_each_and_an_update_still_arrives_at_once(
+    live: Live, app: FastAPI, client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    headers, user = await new_user(client)
+    sandboxes = [await new_sandbox(sessions, user) for _ in range(4)]
+    session = await new_session(sessions, sandboxes[0], user)
+    counter = StatementCounter(app.state.ctx.engine)
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def connect(sandbox: str) -> EventReader:
+            stream = await stack.enter_async_context(open_stream(live, chat_url(sandbox, "/stream"), headers))
+            assert (await stream.event())["event"] == "ready"
+            return stream
+
+        streams = [await connect(sandboxes[0])]
+        await asyncio.sleep(1)  # settle: the first read after connecting
+        one = await counter.over(2)
+        streams += [await connect(sandboxes[i % 4]) for i in range(1, 12)]
+        await asyncio.sleep(1)
+        twelve = await counter.over(2)
+        counter.stop()
+        # Polling each stream cost ~16 statements per stream per second; now the process's one poll
+        # and one access check serve every stream, however many are open.
+        assert twelve - one < 11, (one, twelve)
+
+        async with sessions() as db:  # written as the mirror writes: its transaction takes the chat lock first
+            await lock_sandbox_chats(db, sandboxes[0])
+            row = ChatMessage(
+                session_id=session, external_message_id="msg_live", source="opencode", role="assistant", content={}
+            )
+            db.add(row)
+            await db.commit()
+            message = row.id
+        watching = [stream for i, stream in enumerate(streams) if i % 4 == 0]
+        for stream in watching:
+            got = await stream.event(timeout=1.0)
+            assert (got["event"], got["data"]["id"]) == ("message", message)
+        for stream in streams:
+            if stream not in watching:
+                await stream.no_event(0.1)  # the other sandboxes' streams got nothing
 
 
 async def test_stream_needs_an_owned_sandbox(

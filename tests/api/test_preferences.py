@@ -366,7 +366,48 @@ async def test_the_stream_sends_heartbeats_and_ends_when_the_device_signs_out(
                     assert (await http.post("/api/auth/sign-out", headers=headers)).status_code in (200, 204)
         # The stream ended by itself (the timeout did not fire): a signed-out device gets no more pushes.
         assert received.startswith("retry: 3000\n\nevent: preferences\nid: 1\ndata: {")
-        assert received.count(": keep-alive") in (2, 3)
+        assert received.count(": keep-alive") >= 2 and "event: preferences\nid: 2" not in received
+
+
+async def test_a_signed_out_device_gets_no_more_pushes_while_another_device_keeps_writing(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    # The production heartbeat (15 s): device B writing every 2 s never lets device A's stream idle.
+    async with serve(preferences_app(settings)) as url, httpx.AsyncClient(base_url=url, trust_env=False) as http:
+        email = f"two-devices-{time.monotonic_ns()}@example.com"
+        token_a = (await sign_up(http, email))["token"]
+        signed_in = await http.post("/api/auth/sign-in", json={"email": email, "password": "correct horse battery"})
+        token_b = signed_in.json()["token"]
+        device_a, device_b = Device(url, token_a), Device(url, token_b)
+        writes = 0
+
+        async def keep_writing() -> None:
+            nonlocal writes
+            while True:
+                theme = ("dark", "light")[writes % 2]
+                response = await http.patch(BASE, json={"theme_mode": theme}, headers=auth_header(token_b))
+                assert response.status_code == 200, response.text
+                writes += 1
+                await asyncio.sleep(2)
+
+        writer: asyncio.Task[None] | None = None
+        try:
+            assert (await device_a.start())["settings_version"] == (await device_b.start())["settings_version"] == 1
+            writer = asyncio.create_task(keep_writing())
+            assert (await device_a.next_event(timeout=5))["settings_version"] == 2  # A is live
+            assert (await device_b.next_event(timeout=5))["settings_version"] == 2
+
+            assert (await http.post("/api/auth/sign-out", headers=auth_header(token_a))).status_code == 204
+            await device_a.wait_ended(timeout=5)
+            # B keeps writing and keeps receiving; A got nothing after signing out.
+            assert (await device_b.next_event(timeout=5))["settings_version"] == 3
+            assert writes >= 2 and device_a.events.empty()
+        finally:
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            await device_a.stop()
+            await device_b.stop()
 
 
 @pytest.mark.postgres

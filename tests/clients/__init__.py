@@ -70,14 +70,19 @@ def purge(client: Any, sandbox_id: str) -> None:
             client.volumes.get(name).remove(force=True)
 
 
+# What the tests that drive the engine directly give OpenCode as its server password.
+TEST_OPENCODE_PASSWORD = "test-opencode-password"
+
+
 def wait_healthy(host_port: int, timeout: float = 20.0) -> dict[str, Any]:
-    """Poll OpenCode's health route on the loopback port until it reports healthy."""
+    """Poll OpenCode's health route on the loopback port until it reports healthy (with the password
+    :data:`TEST_OPENCODE_PASSWORD`: OpenCode answers 401 to everything without it)."""
     url = f"http://127.0.0.1:{host_port}/global/health"
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(url, timeout=0.5, trust_env=False)
+            response = httpx.get(url, timeout=0.5, trust_env=False, auth=("opencode", TEST_OPENCODE_PASSWORD))
             body: dict[str, Any] = response.json()
             if body.get("healthy") is True:
                 return body

@@ -21,7 +21,7 @@ from agentpod.clients.docker_engine import (
     spec_hash,
 )
 from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, ContainerSpec, container_name, volume_names
-from tests.clients import docker_client, make_spec, new_sandbox_id, purge, wait_healthy
+from tests.clients import TEST_OPENCODE_PASSWORD, docker_client, make_spec, new_sandbox_id, purge, wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,8 @@ def test_started_container_serves_opencode_with_the_configured_shape(
     state = engine.start(sandbox_id)
     assert state.running and state.docker_status == "running"
     assert set(state.host_ports) == {OPENCODE_PORT, ACP_GATEWAY_PORT, 8080}
-    engine.write_secret_file(sandbox_id, "ready", b"")  # the entrypoint waits for this before OpenCode starts
+    # The entrypoint waits for `ready` before OpenCode starts, and refuses to start it without a password.
+    engine.write_secret_files(sandbox_id, {"opencode-password": TEST_OPENCODE_PASSWORD.encode()}, then_touch="ready")
     assert wait_healthy(state.host_ports[OPENCODE_PORT])["healthy"] is True
     assert engine.start(sandbox_id) == state  # starting a running container changes nothing
 
@@ -163,8 +164,10 @@ def test_started_container_serves_opencode_with_the_configured_shape(
     assert host["PidsLimit"] == 256
     assert host["Init"] is True
     assert host["RestartPolicy"]["Name"] in ("", "no")
-    assert host["NetworkMode"] == "bridge"
-    assert "mode=0700" in host["Tmpfs"]["/run/agentpod"]
+    assert host["NetworkMode"] == "agentpod-sandboxes"
+    assert "mode=0700" in host["Tmpfs"]["/run/agentpod"] and "uid=1000" in host["Tmpfs"]["/run/agentpod"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert attrs["Config"]["User"] == "1000:1000"
     for port in (OPENCODE_PORT, ACP_GATEWAY_PORT, 8080):
         assert host["PortBindings"][f"{port}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
         assert attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostIp"] == "127.0.0.1"

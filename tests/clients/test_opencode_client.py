@@ -385,7 +385,9 @@ async def test_password_protected_server(opencode_binary: str, fake_llm: FakeLLM
             with pytest.raises(OpenCodeError) as caught:
                 await anonymous.health()
             assert caught.value.status == 401
-        async with OpenCodeClient(process.base_url, password="s3cret") as oc:
+        # The current password is tried first; a sandbox still holding an older key's one answers to
+        # that, and the client keeps using it (the event stream too).
+        async with OpenCodeClient(process.base_url, ["made-with-the-new-key", "s3cret"]) as oc:
             assert await oc.health() is True
             session = await oc.create_session(title="secret")
             async with EventTap(oc) as tap:

@@ -23,7 +23,8 @@ def container() -> Iterator[Any]:
         SANDBOX_IMAGE,
         name=f"agentpod-gateway-test-{uuid.uuid4().hex[:10]}",
         detach=True,
-        # The control plane's handshake: it writes the secrets into this tmpfs, then touches `ready`.
+        # The control plane's handshake: it writes the secrets into this tmpfs, then touches `ready`
+        # (OpenCode's server password included: the entrypoint starts no open agent server).
         tmpfs={"/run/agentpod": "size=1m,mode=0700"},
         environment={"AGENTPOD_CONFIG_WAIT": "30"},
         ports={"4097/tcp": ("127.0.0.1", None)},
@@ -36,7 +37,10 @@ def container() -> Iterator[Any]:
 
 
 def test_image_serves_the_gateway_on_4097(container: Any) -> None:
-    command = f"umask 077 && printf %s {SECRET} > /run/agentpod/gateway-secret && touch /run/agentpod/ready"
+    command = (
+        f"umask 077 && printf %s {SECRET} > /run/agentpod/gateway-secret"
+        " && printf %s opencode-password > /run/agentpod/opencode-password && touch /run/agentpod/ready"
+    )
     exit_code, output = container.exec_run(["sh", "-c", command])
     assert exit_code == 0, output
     container.reload()

@@ -188,6 +188,13 @@ class Device:
         async with asyncio.timeout(timeout):
             return await self.events.get()
 
+    async def wait_ended(self, *, timeout: float) -> None:
+        """Wait until the server ends the stream (fails after ``timeout`` s)."""
+        assert self._task is not None, "start() first"
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._task)
+        assert self.ended
+
     async def stop(self) -> None:
         """Disconnect."""
         if self._task is not None:

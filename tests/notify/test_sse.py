@@ -49,22 +49,33 @@ async def test_the_stream_sends_the_state_then_only_newer_versions() -> None:
         await stream.aclose()
 
 
-async def test_idle_streams_get_heartbeats_until_the_caller_is_no_longer_allowed() -> None:
+async def test_idle_streams_get_heartbeats_and_a_push_goes_out_only_while_the_caller_is_allowed() -> None:
     notifier = LocalNotifier()
-    allowed = [True, True, False]
+    allowed = [True, False]
+    asked = 0
 
     async def current() -> Versioned:
         return Versioned(1, "{}")
 
     async def still_allowed() -> bool:
+        nonlocal asked
+        asked += 1
         return allowed.pop(0)
 
     async with notifier.subscribe("c") as messages:
         stream = versioned_stream(
             messages, event="e", current=current, parse=_parse, heartbeat_seconds=0.01, still_allowed=still_allowed
         )
-        chunks = [chunk async for chunk in stream]
-    assert chunks[1:] == [HEARTBEAT, HEARTBEAT]
+        await _next(stream)
+        assert [await _next(stream), await _next(stream)] == [HEARTBEAT, HEARTBEAT]
+        assert asked == 0  # an idle stream asks nothing (the caller closes it when access is lost)
+        await notifier.publish("c", json.dumps({"v": 2}))
+        while (chunk := await _next(stream)) == HEARTBEAT:
+            pass
+        assert chunk == b'event: e\nid: 2\ndata: {"v": 2}\n\n'
+        await notifier.publish("c", json.dumps({"v": 3}))  # no longer allowed: the stream ends, nothing sent
+        rest = [chunk async for chunk in stream]
+    assert set(rest) <= {HEARTBEAT} and asked == 2
 
 
 async def test_the_stream_ends_when_the_notifier_closes() -> None:

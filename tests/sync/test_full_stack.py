@@ -9,7 +9,6 @@ follows the new address) and the sandbox being stopped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,8 +20,10 @@ from temporalio.client import WorkflowExecutionStatus
 
 from agentpod.clients.opencode import OpenCodeClient
 from agentpod.domain.sandbox import container_name
+from agentpod.security.keyring import load_keyring
+from agentpod.security.sandbox_secrets import opencode_passwords
 from api.routes import ROUTERS
-from tests.docker_helpers import bridge_agent_config
+from tests.docker_helpers import use_fake_llm_in_sandboxes
 from tests.fakes.fake_llm import PLAIN_REPLY, FakeLLM
 from tests.helpers import auth_header, eventually, sign_up
 from tests.sync.conftest import assert_mirrored, prompt_and_wait, stored_session
@@ -51,10 +52,7 @@ SYNC_TIMEOUT = 60.0
 @pytest.fixture
 def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The installation's agent config: the fake provider, addressed through the bridge gateway."""
-    config = bridge_agent_config(bridge_llm.port)
-    # The stack builds its Settings from the environment (prefix AGENTPOD_) plus its own overrides.
-    monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
-    return config
+    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port)
 
 
 @pytest_asyncio.fixture
@@ -65,6 +63,11 @@ async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIt
         yield stack
     finally:
         await stack.end_chat_mirrors()
+
+
+def _passwords(stack: Stack, sandbox_id: str) -> list[str]:
+    """The sandbox's OpenCode server passwords: without them OpenCode answers 401."""
+    return opencode_passwords(load_keyring(stack.settings), sandbox_id)
 
 
 def _internal_url(sandbox: dict[str, Any]) -> str:
@@ -120,7 +123,7 @@ async def test_chats_are_mirrored_and_survive_container_loss_and_stop(sync_stack
     sync = stack.temporal.client.get_workflow_handle(sandbox_sync_workflow_id(sandbox_id))
 
     # 1. Chat with the container's OpenCode directly; the sync workflow alone fills our database.
-    async with OpenCodeClient(_internal_url(sandbox)) as agent:
+    async with OpenCodeClient(_internal_url(sandbox), _passwords(stack, sandbox_id)) as agent:
         session = await agent.create_session()
         session_id = session["id"]
         await prompt_and_wait(agent, session_id, "hello")
@@ -152,7 +155,7 @@ async def test_chats_are_mirrored_and_survive_container_loss_and_stop(sync_stack
     assert stack.docker.containers.get(container_name(sandbox_id)).id != first
 
     # 3. Same /data volume, so OpenCode still has the session; the sync follows the new address.
-    async with OpenCodeClient(_internal_url(body)) as agent:
+    async with OpenCodeClient(_internal_url(body), _passwords(stack, sandbox_id)) as agent:
         assert [m["info"]["id"] for m in await agent.list_messages(session_id)] == [m[0] for m in history]
         await prompt_and_wait(agent, session_id, "hello again")
         rows = await assert_mirrored(stack.sessions, sandbox_id, agent, session_id, timeout=SYNC_TIMEOUT)

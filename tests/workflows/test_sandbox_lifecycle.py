@@ -14,6 +14,8 @@ from temporalio.worker import Replayer
 
 from agentpod.domain.sandbox import SandboxWorkflowState, container_name
 from agentpod.domain.secrets import AgentCredentials, ProviderAuth
+from agentpod.security.keyring import load_keyring
+from agentpod.security.sandbox_secrets import opencode_password
 from agentpod.store.tables import ActivityLog
 from tests.docker_helpers import leftovers
 from tests.helpers import assert_error, eventually
@@ -32,9 +34,13 @@ pytestmark = [
 BASE = "/api/v2/sandboxes"
 
 
-async def _healthy(url: str) -> bool:
-    async with httpx.AsyncClient(timeout=5) as client:
-        return bool((await client.get(f"{url}/global/health")).json()["healthy"])
+async def _healthy(stack: Stack, sandbox: dict[str, Any]) -> bool:
+    """OpenCode answers through the stored URL, to the sandbox's server password (and only to it)."""
+    password = opencode_password(load_keyring(stack.settings), sandbox["id"])
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        refused = await client.get(f"{sandbox['opencode_url']}/global/health")
+        answer = await client.get(f"{sandbox['opencode_url']}/global/health", auth=("opencode", password))
+    return refused.status_code == 401 and bool(answer.json()["healthy"])
 
 
 async def _state(stack: Stack, sandbox_id: str) -> SandboxWorkflowState:
@@ -50,7 +56,7 @@ async def test_full_life_create_start_stop_start_delete(stack: Stack) -> None:
     assert started.status_code == 200, started.text
     body = started.json()
     assert body["status"] == "running" and body["error_message"] is None
-    assert await _healthy(body["opencode_url"])  # OpenCode answers through the stored URL
+    assert await _healthy(stack, body)
     assert body["code_server_url"] and body["acp_gateway_url"] and body["vnc_url"] is None
     container = stack.docker.containers.get(container_name(sandbox["id"]))
     assert container.labels["agentpod.sandbox.id"] == sandbox["id"]
@@ -68,7 +74,7 @@ async def test_full_life_create_start_stop_start_delete(stack: Stack) -> None:
 
     restarted = await stack.client.post(f"{url}/start", headers=stack.headers)
     assert restarted.json()["status"] == "running"
-    assert await _healthy(restarted.json()["opencode_url"])
+    assert await _healthy(stack, restarted.json())
 
     deleted = await stack.client.delete(url, headers=stack.headers)
     assert deleted.status_code == 204
@@ -105,7 +111,7 @@ async def test_container_removed_behind_our_back_is_repaired(stack: Stack) -> No
 
     body = await eventually(repaired, timeout=60, what="repaired", interval=0.25)
     assert stack.docker.containers.get(container_name(sandbox["id"])).id != first
-    assert await _healthy(body["opencode_url"])
+    assert await _healthy(stack, body)
 
 
 async def test_worker_killed_mid_start_ends_with_exactly_one_running_container(stack: Stack) -> None:
@@ -173,7 +179,7 @@ async def test_reconfigure_recreates_a_running_container_and_keeps_its_data(stac
     assert changed.status_code == 200, changed.text
     body = changed.json()
     assert (body["status"], body["resource_tier_id"], body["addon_ids"]) == ("running", "builder", ["vnc"])
-    assert body["vnc_url"] and await _healthy(body["opencode_url"])
+    assert body["vnc_url"] and await _healthy(stack, body)
     after = stack.docker.containers.get(container_name(sandbox["id"]))
     assert after.id != before.id
     assert after.attrs["HostConfig"]["Memory"] == 4 * 1024**3 and after.attrs["HostConfig"]["NanoCpus"] == 2 * 10**9

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from agentpod.store.base import Base, IdMixin, TimestampsMixin
 
 SANDBOX_STATUSES = ("created", "starting", "running", "stopping", "stopped", "error")
+# A name of 100 characters folds to at most 400 code points (one folds to at most four).
+NAME_KEY_MAX = 400
+
+
+def sandbox_name_key(name: str) -> str:
+    """What makes two of a user's sandbox names the same: Unicode caseless, canonical-equivalent.
+
+    ``App``, ``APP`` and ``app`` are one name, and so are ``Straße`` / ``STRASSE`` and a precomposed
+    ``é`` / ``e`` + combining accent. Computed here rather than by the database's ``lower()``, which
+    folds only ASCII on SQLite and follows the collation on PostgreSQL.
+    """
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
+
+
+def _name_key_default(context: DefaultExecutionContext) -> str:
+    # Core inserts (bulk loads) that give only the name still get the right key.
+    parameters = context.get_current_parameters()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
+    return sandbox_name_key(parameters["name"])
 
 
 class Sandbox(IdMixin, TimestampsMixin, Base):
@@ -19,6 +39,10 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     __tablename__ = "sandboxes"
     __table_args__ = (
         UniqueConstraint("user_id", "slug"),
+        # The database, not a read before the insert, keeps a user's names distinct: parallel creates
+        # and renames all passed such a read. Rows are deleted outright, so a name is free once its
+        # sandbox's deletion has finished.
+        Index("uq_sandboxes_user_id_name_key", "user_id", "name_key", unique=True),
         CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in SANDBOX_STATUSES) + ")", name="status_valid"),
         Index("ix_sandboxes_user_id_created_at", "user_id", "created_at"),
         Index("ix_sandboxes_status", "status"),
@@ -26,6 +50,9 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
+    # sandbox_name_key(name), kept by the ORM. The server default only lets SQLite add the NOT NULL
+    # column in place (rebuilding the table would cascade-delete chat history); nothing relies on it.
+    name_key: Mapped[str] = mapped_column(String(NAME_KEY_MAX), default=_name_key_default, server_default="")
     slug: Mapped[str] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(Text)
     repo_name: Mapped[str] = mapped_column(String(200))
@@ -46,3 +73,9 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     code_server_url: Mapped[str | None] = mapped_column(String(2048))
     vnc_url: Mapped[str | None] = mapped_column(String(2048))
     last_accessed_at: Mapped[datetime | None]
+
+    @validates("name")
+    def _keep_name_key(self, _field: str, name: str) -> str:
+        """Every ORM write of the name (create, rename) writes its key with it."""
+        self.name_key = sandbox_name_key(name)
+        return name
