@@ -87,11 +87,14 @@ class SandboxNetworkUnsafe(Exception):
     """The configured network lets containers talk to each other: sandboxes must not join it."""
 
 
-def sandbox_bridge_name(network: str) -> str:
-    """The Linux bridge name a new sandbox network gets (at most 15 characters: IFNAMSIZ)."""
-    if network == DEFAULT_SANDBOX_NETWORK:
-        return "agentpod0"
-    return "ap-" + hashlib.sha256(network.encode()).hexdigest()[:12]
+def sandbox_bridge_name(network: str, engine_id: str) -> str:
+    """The Linux bridge name a new sandbox network gets: ``ap-`` and 12 hex digits (IFNAMSIZ allows 15).
+
+    Derived from the engine's id as well as the network's name: two engines on one machine (a second
+    Docker host for tests, or a fresh engine beside a long-used one) would otherwise both claim the
+    same interface name.
+    """
+    return "ap-" + hashlib.sha256(f"{engine_id}/{network}".encode()).hexdigest()[:12]
 
 
 def ensure_sandbox_network(api: Any, network: str) -> str:
@@ -108,7 +111,7 @@ def ensure_sandbox_network(api: Any, network: str) -> str:
             api.create_network(
                 network,
                 driver="bridge",
-                options={_ICC_OPTION: "false", _BRIDGE_NAME_OPTION: sandbox_bridge_name(network)},
+                options={_ICC_OPTION: "false", _BRIDGE_NAME_OPTION: sandbox_bridge_name(network, api.info()["ID"])},
                 labels={"agentpod.role": "sandbox-network"},
                 check_duplicate=True,
             )

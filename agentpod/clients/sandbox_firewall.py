@@ -110,7 +110,9 @@ def host_script(bridge: str, policy: FirewallPolicy) -> str:
             "command -v iptables-restore >/dev/null"
             " || { echo 'iptables is not installed on the Docker host' >&2; exit 3; }",
             f"iptables-restore -w 10 --noflush <<'RULES'\n{restore_input(bridge, policy)}RULES",
+            # An engine started with --iptables=false leaves FORWARD without Docker's jump: add it.
             "iptables -w 10 -N DOCKER-USER 2>/dev/null || true",
+            "iptables -w 10 -C FORWARD -j DOCKER-USER 2>/dev/null || iptables -w 10 -I FORWARD 1 -j DOCKER-USER",
             f"iptables -w 10 -C INPUT -i {b} -j {into_host} 2>/dev/null"
             f" || iptables -w 10 -I INPUT 1 -i {b} -j {into_host}",
             f"iptables -w 10 -C DOCKER-USER -i {b} -j {forward} 2>/dev/null"

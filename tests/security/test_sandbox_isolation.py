@@ -222,8 +222,9 @@ def test_an_allowlisted_host_service_is_reachable_and_only_it(world: World) -> N
 
 def _forward_rejections() -> int:
     """Packets the sandbox bridge's forward chain has refused so far."""
-    _, forward = chain_names("agentpod0")
     client = docker_client()
+    options = client.networks.get(DEFAULT_SANDBOX_NETWORK).attrs["Options"]
+    _, forward = chain_names(options["com.docker.network.bridge.name"])
     # Read on the host through the same kind of helper the worker uses: `iptables -L -v -x` counters.
     output = client.containers.run(
         make_spec("x").image,
