@@ -20,6 +20,7 @@ from agentpod.store.agent_secrets import EncryptedSecretsProvider
 from agentpod.store.engine import create_engine, session_factory
 from agentpod.store.migrate import assert_schema_current
 from workflows.archival_client import ensure_archival_schedule
+from workflows.mirror_reconciler_client import ensure_mirror_reconcile_schedule, start_pass_at_worker_start
 from workflows.registry import ALL_WORKFLOWS
 
 log = logging.getLogger("agentpod.worker")
@@ -66,6 +67,11 @@ async def run_worker(settings: Settings | None = None) -> None:
             time_zone=settings.archival_timezone,
             retention_days=settings.activity_retention_days,
         )
+        reconciler_paused = await ensure_mirror_reconcile_schedule(
+            client,
+            task_queue=settings.temporal_task_queue,
+            every=timedelta(minutes=settings.mirror_reconcile_minutes),
+        )
         worker = await build_worker(settings, resources)
         frozen = settle_heap()  # before the first workflow: only process-long objects exist yet
         stop = asyncio.Event()
@@ -73,6 +79,13 @@ async def run_worker(settings: Settings | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with worker:
+            # One pass now (mirrors lost while no worker ran come back at once), beside the worker:
+            # start-up does not wait for it. An operator's pause of the schedule stops this one too.
+            reconcile = (
+                None
+                if reconciler_paused
+                else asyncio.create_task(start_pass_at_worker_start(client, task_queue=settings.temporal_task_queue))
+            )
             log.info(
                 "worker polling task queue %r on %s (%d startup objects frozen)",
                 settings.temporal_task_queue,
@@ -81,6 +94,8 @@ async def run_worker(settings: Settings | None = None) -> None:
             )
             await stop.wait()
             log.info("shutting down worker")
+            if reconcile is not None and not reconcile.done():
+                reconcile.cancel()
     finally:
         await engine.dispose()
 

@@ -14,9 +14,11 @@ from activities.acp_sync import AcpSyncActivities
 from activities.activity_log import ActivityLogActivities
 from activities.archival import ArchivalActivities
 from activities.docker import DockerActivities
+from activities.mirror_reconciler import MirrorReconcilerActivities
 from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
 from activities.sandboxes import SandboxActivities
+from activities.session_restore import SessionRestoreActivities
 
 
 def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
@@ -29,4 +31,6 @@ def build_activities(resources: WorkerResources) -> list[Callable[..., Any]]:
         *AcpSyncActivities(resources).all(),
         *ArchivalActivities(resources).all(),
         *AccountActivities(resources).all(),
+        *MirrorReconcilerActivities(resources).all(),
+        *SessionRestoreActivities(resources).all(),
     ]

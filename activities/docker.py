@@ -15,7 +15,6 @@ help: build the image, ensure the container again, or fix the network as the mes
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources, heartbeating
+from agentpod.agent_config import agent_files
 from agentpod.clients.docker_engine import ContainerGone, DockerEngineError, ImageMissing, SandboxNetworkError
 from agentpod.clients.opencode import DEFAULT_USERNAME, RotatingBasicAuth
 from agentpod.domain import contracts
@@ -44,15 +44,6 @@ HEALTH_POLL_SECONDS = 0.1
 HEALTH_REQUEST_TIMEOUT = 5.0
 CONTAINER_CHECK_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 10
-
-
-def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge two OpenCode configs; the user's values win over the installation's."""
-    merged = dict(base)
-    for key, value in override.items():
-        current = merged.get(key)
-        merged[key] = merge_config(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
-    return merged
 
 
 def _forget_result(task: asyncio.Future[Any]) -> None:
@@ -121,22 +112,21 @@ class DockerActivities:
 
     @activity.defn(name=contracts.DOCKER_DELIVER_AGENT_CONFIG.name)
     async def docker_deliver_agent_config(self, data: DeliverConfigInput) -> None:
-        """Write the agent's OpenCode config (keys included), OpenCode's server password and the ACP
-        gateway's secret into the container's tmpfs, then `ready`.
+        """Write the agent's OpenCode config (keys included), the user's AGENTS.md, custom agents and
+        commands, OpenCode's server password and the ACP gateway's secret into the container's tmpfs,
+        then `ready`.
 
         Secrets are fetched and written inside this one activity so they never pass through Temporal
         history, container env or labels. The entrypoint starts OpenCode once `ready` exists.
         """
         credentials = await self._secrets.agent_credentials(data.user_id)
-        config = merge_config(self._base_config, credentials.opencode_config or {})
         keys = self._resources.keys()
         files = {
+            **agent_files(self._base_config, credentials),
             "gateway-secret": gateway_secret(keys, data.sandbox_id).encode(),
             # Without it the entrypoint does not start OpenCode: no managed agent server is ever open.
             "opencode-password": opencode_password(keys, data.sandbox_id).encode(),
         }
-        if config:
-            files["opencode.json"] = json.dumps(config).encode()
         # One `docker exec` for all of them (each costs ~50 ms), `ready` created after the rest.
         await self._call(self._write_then_ready, data.sandbox_id, files)
 

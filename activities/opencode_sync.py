@@ -3,6 +3,7 @@
 ``opencode_stream_segment`` runs the shared segment loop (:func:`agentpod.chat_mirror.segment.run_segment`)
 on OpenCode's ``/event`` stream (:class:`agentpod.chat_mirror.opencode.OpenCodeStream`).
 ``sync_ensure_started`` and ``sync_finish`` start and finish the sandbox's OpenCode and ACP sync workflows.
+A segment whose reconcile finds sessions OpenCode lost starts the session restore (``SessionRestoreWorkflow``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from agentpod.store.tables import ChatSyncState
 from workflows.acp_sync import AcpSyncWorkflow
 from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id
 from workflows.opencode_sync import OpenCodeSyncWorkflow
+from workflows.session_restore_client import request_restore
 from workflows.stream_sync import StreamSyncWorkflow
 
 
@@ -47,6 +49,7 @@ class OpenCodeSyncActivities:
         self._sessions = resources.sessions
         self._temporal = resources.temporal
         self._keys = resources.keys
+        self._settings = resources.settings
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
@@ -56,7 +59,20 @@ class OpenCodeSyncActivities:
     async def stream_segment(self, data: StreamSegmentInput) -> StreamSegmentResult:
         """Mirror live events for ``segment_seconds`` (reconnecting as needed), then return."""
         passwords = opencode_passwords(self._keys(), data.target.sandbox_id)
-        return await run_segment(OpenCodeStream(self._sessions, data.target, passwords), data)
+        target = data.target
+
+        async def restore() -> None:
+            # Sessions we hold that OpenCode lacks (new container, lost volume): the restore puts them back.
+            await request_restore(
+                self._client(),
+                target.sandbox_id,
+                task_queue=activity.info().task_queue,
+                concurrency=self._settings.session_restore_concurrency,
+                user_id=target.user_id,
+            )
+
+        source = OpenCodeStream(self._sessions, target, passwords, restore=restore if self._temporal else None)
+        return await run_segment(source, data)
 
     @activity.defn(name=OPENCODE_MIRROR.reconcile.name)
     async def reconcile(self, target: SyncTarget) -> ReconcileReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,14 +12,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources
-from agentpod.clients.opencode import DEFAULT_USERNAME, RotatingBasicAuth
+from agentpod.clients.opencode import DEFAULT_USERNAME, OpenCodeClient, RotatingBasicAuth
 from agentpod.domain import contracts
 from agentpod.domain.sandbox import (
     ACP_GATEWAY_PORT,
     OPENCODE_PORT,
+    ConfigPendingInput,
     ContainerSpec,
     ContainerState,
     PushCredentialsInput,
+    ReloadAgentInput,
     SandboxEndpoints,
     SandboxUrls,
     SetStatusInput,
@@ -29,6 +32,8 @@ from agentpod.store import sandboxes
 from agentpod.store.tables import ContainerAddon, ResourceTier, Sandbox
 
 _LOCAL_DOMAINS = ("localhost", "127.0.0.1")
+# How often a reload waiting for the agent to be idle asks again.
+IDLE_POLL_SECONDS = 1.0
 
 
 def sandbox_endpoints(settings: Settings, spec: ContainerSpec, state: ContainerState) -> SandboxEndpoints:
@@ -74,6 +79,8 @@ class SandboxActivities:
             self.endpoints,
             self.delete_row,
             self.push_agent_credentials,
+            self.set_config_pending,
+            self.reload_when_idle,
         ]
 
     @activity.defn(name=contracts.SANDBOX_LOAD_SPEC.name)
@@ -138,9 +145,34 @@ class SandboxActivities:
             await sandboxes.delete_row(db, sandbox_id)
             await db.commit()
 
+    @activity.defn(name=contracts.SANDBOX_SET_CONFIG_PENDING.name)
+    async def set_config_pending(self, data: ConfigPendingInput) -> None:
+        """Record whether the running agent still waits for the user's changed configuration."""
+        async with self._sessions() as db:
+            await sandboxes.set_config_pending(db, data.sandbox_id, data.pending)
+            await db.commit()
+
+    @activity.defn(name=contracts.OPENCODE_RELOAD_WHEN_IDLE.name)
+    async def reload_when_idle(self, data: ReloadAgentInput) -> bool:
+        """Reload OpenCode's configuration once no session is busy; False when a turn kept it busy for
+        ``idle_wait_seconds`` (the workflow tries again later: a turn in progress is never cut)."""
+        deadline = asyncio.get_running_loop().time() + data.idle_wait_seconds
+        passwords = opencode_passwords(self._keys(), data.sandbox_id)
+        async with OpenCodeClient(data.opencode_url, passwords, timeout=10) as client:
+            while True:
+                if not await client.session_status():
+                    # Checked and disposed back to back: the window for a prompt to slip in is one request.
+                    await client.reload()
+                    return True
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                activity.heartbeat()
+                await asyncio.sleep(IDLE_POLL_SECONDS)
+
     @activity.defn(name=contracts.SANDBOX_PUSH_AGENT_CREDENTIALS.name)
     async def push_agent_credentials(self, data: PushCredentialsInput) -> int:
-        """Give a healthy OpenCode the user's provider keys over its API; returns how many were set."""
+        """Give a healthy OpenCode the user's provider keys over its API, and take back the ones the user
+        deleted; returns how many were set."""
         credentials = await self._secrets.agent_credentials(data.user_id)
         # OpenCode answers 401 to everything without the sandbox's server password.
         password = (
@@ -152,4 +184,11 @@ class SandboxActivities:
             for provider_id, auth in credentials.providers.items():
                 response = await client.put(f"/auth/{provider_id}", json=auth.model_dump())
                 response.raise_for_status()
+            # OpenCode keeps keys it was given in its store (the /data volume): a key the user deleted goes.
+            # Providers connected by the installation's config have no stored key: deleting one is a no-op.
+            listed = await client.get("/provider")
+            listed.raise_for_status()
+            connected = listed.json().get("connected") or []
+            for provider_id in sorted(set(connected) - set(credentials.providers)):
+                await client.delete(f"/auth/{provider_id}")
         return len(credentials.providers)

@@ -98,6 +98,19 @@ class Settings(BaseSettings):
     sandbox_drift_check_seconds: float = Field(
         60.0, gt=0, description="How often each running sandbox's workflow checks its container still runs."
     )
+    mirror_reconcile_minutes: int = Field(
+        5,
+        ge=1,
+        description="How often the `mirror-reconcile` schedule restarts the chat mirrors of running sandboxes "
+        "that have none (a pass also runs at every worker start).",
+    )
+    session_restore_concurrency: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Sessions one sandbox's restore imports at once, at most its tier's CPUs (each is an "
+        "`opencode import` process in the container, one to a few CPU-seconds).",
+    )
 
     api_host: str = Field("127.0.0.1", description="Interface the API binds to.")
     api_port: int = Field(8000, description="Port the API listens on.")

@@ -1,11 +1,11 @@
 """Every FastAPI dependency of the API, as ``Annotated`` aliases routes take as parameters.
 
 Process (context, settings, database, Temporal, notifier), caller (token, user, IP, actor), ownership
-(sandbox, chat session, ACP session, OpenCode file: another user's is a 404 like a missing one), the
-sandbox workflow's transitions, preference writes (``If-Match``), the agents' clients (OpenCode, ACP
-gateway) and the live streams (timing, the per-user cap and access re-check, chat change wake-ups).
-Tests replace some through ``app.dependency_overrides[<function>]``. Audit entries are dependencies
-too, but each endpoint declares its own with :func:`api.audit.audit`.
+(sandbox, chat session in a sandbox or in the user's list, ACP session, OpenCode file: another user's
+is a 404 like a missing one), the sandbox workflow's transitions, preference writes (``If-Match``), the
+agents' clients (OpenCode, ACP gateway) and the live streams (timing, the per-user cap and access
+re-check, chat change wake-ups). Tests replace some through ``app.dependency_overrides[<function>]``.
+Audit entries are dependencies too, but each endpoint declares its own with :func:`api.audit.audit`.
 
 Every dependency is ``async def``, even those that never await: FastAPI runs a plain ``def``
 dependency in its thread pool, one thread hand-off per request for a dict lookup.
@@ -30,15 +30,16 @@ from agentpod.notify import Notifier
 from agentpod.notify.chat_feed import ChatChanges
 from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.settings import Settings
-from agentpod.store import chat, opencode_config, sandboxes
+from agentpod.store import chat, opencode_config, sandboxes, user_chats
 from agentpod.store.tables import AuthSession, ChatSession, Sandbox, User, UserOpencodeFile
+from agentpod.store.user_chats import UserSession
 from agentpod.store.users import resolve_token
 from api.chat_stream import StreamTiming
 from api.client_ip import client_ip
 from api.context import AppContext
 from api.errors import Conflict, NotFound, Unauthorized
 from api.live_streams import LiveStreams
-from api.sandbox_workflows import SandboxTransitions
+from api.sandbox_workflows import AgentConfigPush, SandboxTransitions
 
 # --------------------------------------------------------------------------- the process
 
@@ -169,6 +170,17 @@ async def get_chat_session(sandbox_id: str, session_id: str, user: CurrentUser, 
 OwnedChatSession = Annotated[ChatSession, Depends(get_chat_session)]
 
 
+async def get_user_chat_session(session_id: str, user: CurrentUser, db: DbSession) -> UserSession:
+    """The caller's chat session ``session_id`` in any of their sandboxes, live or deleted (404 otherwise)."""
+    found = await user_chats.get_session(db, user.id, session_id)
+    if found is None:
+        raise NotFound("chat session not found", code="chat_session_not_found")
+    return found
+
+
+OwnedUserChatSession = Annotated[UserSession, Depends(get_user_chat_session)]
+
+
 async def get_acp_session(session: OwnedChatSession) -> ChatSession:
     """The caller's chat session, which must be an ACP one (404 otherwise, 409 if the agent lost it)."""
     if session.source != "acp_gateway" or not session.acp_session_id:
@@ -200,6 +212,14 @@ async def get_transitions(client: TemporalClient, settings: SettingsDep, actor: 
 
 
 Transitions = Annotated[SandboxTransitions, Depends(get_transitions)]
+
+
+async def get_agent_config_push(ctx: Context, user: CurrentUser) -> AgentConfigPush:
+    """Pushes a change of the caller's agent config to their running sandboxes (flag, commit, push)."""
+    return AgentConfigPush(ctx.temporal, user.id)
+
+
+AgentConfigPushDep = Annotated[AgentConfigPush, Depends(get_agent_config_push)]
 
 # --------------------------------------------------------------------------- preference writes
 

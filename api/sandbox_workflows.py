@@ -5,15 +5,20 @@ Routes take :data:`api.deps.Transitions`, a :class:`SandboxTransitions` for the 
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from agentpod.domain.sandbox import Actor, SandboxRecord, SandboxTransition, SandboxWorkflowState
 from agentpod.settings import Settings
+from agentpod.store import sandboxes
 from agentpod.store.tables import Sandbox
 from api.errors import Conflict, temporal_unavailable_as_503
 from workflows import sandbox_client
+
+logger = logging.getLogger(__name__)
 
 
 # Temporal down or unreachable: the request was not taken, and the caller may retry (503).
@@ -60,3 +65,27 @@ class SandboxTransitions:
             self._client, self._settings, sandbox, update, self._actor, changed_fields=changed_fields
         )
         return state is not None
+
+
+class AgentConfigPush:
+    """After a change of the caller's agent config, files or provider keys: their running sandboxes are
+    flagged ``config_pending`` (in the caller's transaction) and their workflows told (after the commit),
+    so the agent gets the change within seconds, reloaded when no turn is in progress."""
+
+    def __init__(self, client: Client, user_id: str) -> None:
+        self._client = client
+        self._user_id = user_id
+        self._flagged: list[str] = []
+
+    async def flag(self, db: AsyncSession) -> None:
+        """Flag the running sandboxes; call before the route's commit."""
+        self._flagged = await sandboxes.mark_config_pending(db, self._user_id)
+
+    async def push(self) -> None:
+        """Tell the flagged sandboxes' workflows; call after the commit. Never fails the request: the change
+        is saved, and a sandbox whose workflow cannot be told now gets it at its next start."""
+        if not self._flagged:
+            return
+        missed = await sandbox_client.agent_config_changed(self._client, self._flagged)
+        if missed:
+            logger.warning("agent config change not pushed to sandboxes %s (Temporal unreachable?)", missed)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from workflows.account_deletion import AccountDeletionWorkflow
 from workflows.acp_sync import AcpSyncWorkflow
 from workflows.archival import ArchivalWorkflow
+from workflows.mirror_reconciler import MirrorReconcilerWorkflow
 from workflows.opencode_sync import OpenCodeSyncWorkflow
 from workflows.sandbox import SandboxWorkflow
+from workflows.session_restore import SessionRestoreWorkflow
 
 ALL_WORKFLOWS: list[type] = [
     SandboxWorkflow,
@@ -20,4 +22,6 @@ ALL_WORKFLOWS: list[type] = [
     AcpSyncWorkflow,
     ArchivalWorkflow,
     AccountDeletionWorkflow,
+    MirrorReconcilerWorkflow,
+    SessionRestoreWorkflow,
 ]

@@ -9,7 +9,7 @@ and repairs it from the database row.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -27,21 +27,25 @@ with workflow.unsafe.imports_passed_through():
         DOCKER_REMOVE_CONTAINER,
         DOCKER_START_CONTAINER,
         DOCKER_STOP_CONTAINER,
+        OPENCODE_RELOAD_WHEN_IDLE,
         RECORD_ACTIVITY,
         SANDBOX_DELETE_ROW,
         SANDBOX_ENDPOINTS,
         SANDBOX_LOAD_SPEC,
         SANDBOX_PUSH_AGENT_CREDENTIALS,
+        SANDBOX_SET_CONFIG_PENDING,
         SANDBOX_SET_STATUS,
         SYNC_ENSURE_STARTED,
         SYNC_FINISH,
         WAIT_OPENCODE_HEALTHY,
     )
     from agentpod.domain.sandbox import (
+        ConfigPendingInput,
         ContainerState,
         DeliverConfigInput,
         DesiredState,
         PushCredentialsInput,
+        ReloadAgentInput,
         RemoveContainerInput,
         SandboxStatus,
         SandboxWorkflowInput,
@@ -68,6 +72,10 @@ _DOCKER_REMOVE = ActivityOptions(
 _SYNC_FINISH = ActivityOptions(timedelta(minutes=4), RetryPolicy(maximum_attempts=2))
 _HEALTH = ActivityOptions(timedelta(seconds=150), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=15))
 HEALTH_TIMEOUT_SECONDS = 120.0
+# Waiting for a busy agent to be idle before reloading its config: ~20 s per attempt, heartbeating.
+_RELOAD = ActivityOptions(timedelta(seconds=60), RetryPolicy(maximum_attempts=2), heartbeat=timedelta(seconds=10))
+# A reload that found the agent busy (a turn in progress) is tried again after this long.
+CONFIG_RETRY_SECONDS = 10.0
 # A sandbox left in error is retried by the drift check this many times (Docker may have been down),
 # then stays in error until the user or an operator asks again.
 MAX_ERROR_RETRIES = 3
@@ -95,6 +103,7 @@ class SandboxWorkflow:
         self._deleted = False
         self._error_retries = 0  # automatic retries of a start that ended in error
         self._pending_sync: SyncTarget | None = None
+        self._config_retry_at: datetime | None = None  # a reload found the agent busy: not before then
 
     # ----------------------------------------------------------------- run loop
 
@@ -105,12 +114,25 @@ class SandboxWorkflow:
         while not self._deleted:
             try:
                 await workflow.wait_condition(
-                    lambda: self._requested > self._completed or workflow.info().is_continue_as_new_suggested(),
-                    timeout=timedelta(seconds=data.drift_check_seconds),
+                    lambda: (
+                        self._requested > self._completed
+                        or self._config_due()
+                        or workflow.info().is_continue_as_new_suggested()
+                    ),
+                    # A reload waiting for a busy agent asks again sooner than the drift check.
+                    timeout=timedelta(
+                        seconds=min(data.drift_check_seconds, CONFIG_RETRY_SECONDS)
+                        if self.state.config_pending
+                        else data.drift_check_seconds
+                    ),
                 )
             except TimeoutError:
                 await self._check_drift()
                 await self._start_pending_sync()
+                await self._apply_agent_config()
+                continue
+            if self._requested == self._completed and self._config_due():
+                await self._apply_agent_config()
                 continue
             if self._requested > self._completed:
                 generation = self._requested
@@ -171,6 +193,15 @@ class SandboxWorkflow:
         """For operators in the Web UI: start this sandbox."""
         if self.state.desired != DesiredState.DELETED:
             self._desire(DesiredState.RUNNING, TransitionRequest(), "sandbox.start")
+
+    @workflow.signal
+    async def agent_config_changed(self) -> None:
+        """The user's OpenCode config, files or provider keys changed: give them to the running agent
+        (rewritten at once, OpenCode reloaded once idle). A stopped sandbox gets them at its next start."""
+        if self.state.desired == DesiredState.RUNNING:
+            self.state.config_pending = True
+            self._config_retry_at = None
+            self._publish()
 
     @workflow.query
     def describe(self) -> SandboxWorkflowState:
@@ -255,6 +286,8 @@ class SandboxWorkflow:
         self.state.internal_opencode_url = endpoints.internal_opencode_url
         self.state.internal_acp_url = endpoints.internal_acp_url
         await self._set_status(SandboxStatus.RUNNING)
+        if self.state.config_pending:  # the start delivered the latest config
+            await self._config_applied()
         # The chat mirror follows the (possibly new) OpenCode address; started right after the caller has
         # its answer, so the user does not wait for it.
         self._pending_sync = SyncTarget(
@@ -264,6 +297,44 @@ class SandboxWorkflow:
             acp_url=endpoints.internal_acp_url,
         )
         return True
+
+    def _config_due(self) -> bool:
+        if not self.state.config_pending or self.state.status != SandboxStatus.RUNNING or self.state.in_progress:
+            return False
+        return self._config_retry_at is None or workflow.now() >= self._config_retry_at
+
+    async def _apply_agent_config(self) -> None:
+        """Rewrite the agent's config files and keys in the running container, then reload OpenCode once
+        no turn is in progress; a busy agent is asked again in ``CONFIG_RETRY_SECONDS``."""
+        if not self._config_due():
+            return
+        sandbox_id, url = self.state.sandbox_id, self.state.internal_opencode_url
+        pending = ConfigPendingInput(sandbox_id=sandbox_id, pending=True)
+        try:
+            await execute(SANDBOX_SET_CONFIG_PENDING, pending, options=_DB)
+            delivery = DeliverConfigInput(sandbox_id=sandbox_id, user_id=self.state.user_id)
+            await execute(DOCKER_DELIVER_AGENT_CONFIG, delivery, options=_DOCKER)
+            if url is not None:
+                credentials = PushCredentialsInput(user_id=self.state.user_id, opencode_url=url, sandbox_id=sandbox_id)
+                await execute(SANDBOX_PUSH_AGENT_CREDENTIALS, credentials, options=_DB)
+                reload = ReloadAgentInput(sandbox_id=sandbox_id, opencode_url=url)
+                if not await execute(OPENCODE_RELOAD_WHEN_IDLE, reload, options=_RELOAD):
+                    self._config_retry_at = workflow.now() + timedelta(seconds=CONFIG_RETRY_SECONDS)
+                    return
+        except ActivityError as error:
+            # The container may be going away (drift repair delivers the config anyway): try again later.
+            workflow.logger.warning("config for sandbox %s not applied yet: %s", sandbox_id, _reason(error))
+            self._config_retry_at = workflow.now() + timedelta(seconds=CONFIG_RETRY_SECONDS)
+            return
+        await self._config_applied()
+
+    async def _config_applied(self) -> None:
+        self.state.config_pending = False
+        self._config_retry_at = None
+        await execute(
+            SANDBOX_SET_CONFIG_PENDING, ConfigPendingInput(sandbox_id=self.state.sandbox_id, pending=False), options=_DB
+        )
+        self._publish()
 
     async def _ensure_stopped(self) -> bool:
         self._reconfigure = False  # the next start reads the row anyway

@@ -7,6 +7,7 @@ Used by the API, the CLI and other workflows' activities. Like the workflow itse
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 from temporalio.client import (
@@ -23,6 +24,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.workflow import UpdateMethodMultiParam
 
 from agentpod.domain.sandbox import (
@@ -171,3 +173,17 @@ async def request_transition(
         if isinstance(cause, ApplicationError) and cause.type == ILLEGAL_TRANSITION:
             raise IllegalTransitionError(cause.message) from None
         raise
+
+
+async def agent_config_changed(client: Client, sandbox_ids: Sequence[str]) -> list[str]:
+    """Tell each sandbox's workflow that its user's agent config, files or keys changed; returns the ids
+    whose workflow could not be told (Temporal down, workflow gone). Best effort: the change is saved
+    already, and every start delivers the latest config anyway."""
+    missed = []
+    for sandbox_id in sandbox_ids:
+        handle = client.get_workflow_handle_for(SandboxWorkflow.run, sandbox_workflow_id(sandbox_id))
+        try:
+            await handle.signal(SandboxWorkflow.agent_config_changed)
+        except (RPCError, RuntimeError, OSError):
+            missed.append(sandbox_id)
+    return missed

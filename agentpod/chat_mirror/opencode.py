@@ -17,7 +17,9 @@ written meanwhile by the live path may be newer than the listing).
 Upstream-loss guard (``judge_upstream``): an empty or replaced OpenCode store (e.g. a recreated
 container) must never erase history. Missing sessions are tombstoned only when upstream is evidently
 the same store; otherwise they are flagged ``missing_upstream_at`` and kept, and the flag clears when
-they reappear.
+they reappear whole: one back upstream but lacking messages or parts of ours (an ``opencode import`` of the
+session restore under way, :mod:`agentpod.chat_mirror.restore`) stays flagged and keeps our copy. A reconcile
+that leaves sessions missing asks :class:`OpenCodeStream`'s ``restore`` callback to put them back.
 
 :class:`OpenCodeStream` plugs the mirror into the segment loop (:mod:`agentpod.chat_mirror.segment`):
 OpenCode's ``/event`` stream, a reconcile on every ``server.connected`` (the stream has no replay).
@@ -26,12 +28,13 @@ OpenCode's ``/event`` stream, a reconcile on every ``server.connected`` (the str
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
@@ -60,6 +63,7 @@ from agentpod.chat_mirror.opencode_mapping import (
     session_values,
     stored_info_parts,
 )
+from agentpod.chat_mirror.restore import expected_parts, upstream_covers
 from agentpod.clients.opencode import OpenCodeClient, OpenCodeError
 from agentpod.domain.chat import ReconcileReport, SyncStatus, SyncTarget
 from agentpod.store.acp_sync import acp_session_ids
@@ -86,6 +90,16 @@ from agentpod.store.tables import ChatSyncState
 
 JSON = dict[str, Any]
 SOURCE = "opencode"
+
+log = logging.getLogger(__name__)
+
+
+class OpenCodeSessionApi(OpenCodeApi, Protocol):
+    """What reconciling one session needs beyond :class:`OpenCodeApi`."""
+
+    async def get_session(self, session_id: str) -> JSON:
+        """``GET /session/{id}`` (raises when OpenCode has no such session)."""
+        ...
 
 
 def judge_upstream(known: Collection[str], upstream: Collection[str]) -> tuple[bool, str | None]:
@@ -368,6 +382,17 @@ class OpenCodeMirror(Mirror):
         await self._reconcile_vanished(before, upstream.keys(), report)
         return report
 
+    @serialized
+    async def reconcile_session(self, api: OpenCodeSessionApi, session_id: str) -> ReconcileReport:
+        """Reconcile one session (the session restore calls it right after an import)."""
+        report = ReconcileReport()
+        started = self._now()
+        info = await api.get_session(session_id)
+        messages = await api.list_messages(session_id)
+        busy = session_id in await api.session_status()
+        await self._reconcile_session(info, messages, busy=busy, started=started, report=report)
+        return report
+
     async def _reconcile_session(
         self,
         info: JSON,
@@ -381,6 +406,15 @@ class OpenCodeMirror(Mirror):
             now = self._now()
             # Re-read under the lock: the live path may have changed the row since the listing.
             current = await find_session(db, self.sandbox_id, str(info["id"]))
+            if current is not None and current.missing_upstream_at is not None and current.status != "deleted":
+                # Back after being lost: only once it holds all of ours (an `opencode import` writes a
+                # session before its messages; judging the half-written copy would remove our messages).
+                ours_before = await load_messages(db, current.id)
+                expected = expected_parts(row.values.content for row in ours_before.values())
+                if messages is None or not upstream_covers(expected, messages):
+                    report.sessions_missing_upstream += 1
+                    report.notes.append(f"{info['id']} is back upstream but lacks messages of ours: kept flagged")
+                    return
             write = await upsert_session(
                 db,
                 sandbox_id=self.sandbox_id,
@@ -438,7 +472,7 @@ class OpenCodeMirror(Mirror):
             if row.status != "deleted" and row.missing_upstream_at is None and row.upstream_created_at is not None
         ]
         trusted, reason = judge_upstream(known, present)
-        report.sessions_missing_upstream = sum(1 for row in vanished if row.missing_upstream_at is not None)
+        report.sessions_missing_upstream += sum(1 for row in vanished if row.missing_upstream_at is not None)
         newly = [row for row in vanished if row.missing_upstream_at is None]
         if not newly:
             return
@@ -472,13 +506,21 @@ class OpenCodeStream:
     silence_limit = 30.0
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], target: SyncTarget, passwords: Sequence[str]
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        target: SyncTarget,
+        passwords: Sequence[str],
+        *,
+        restore: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``restore``: called when a reconcile finds sessions we hold that OpenCode lacks (it starts the
+        session restore); None: nobody restores them."""
         self.mirror = OpenCodeMirror(sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
         self.label = f"sync {target.sandbox_id}"
         self._sessions = sessions
         self._url = target.opencode_url
         self._passwords = list(passwords)
+        self._restore = restore
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[tuple[OpenCodeClient, AsyncIterator[JSON]]]:
@@ -494,11 +536,25 @@ class OpenCodeStream:
         """Reconcile on ``server.connected``, skip heartbeats, feed everything else to the mirror."""
         kind = frame.get("type")
         if kind == "server.connected":
-            return await self.mirror.reconcile(client)
+            report = await self.mirror.reconcile(client)
+            if report.sessions_missing_upstream and self._restore is not None:
+                await self._request_restore(report)
+            return report
         if kind == "server.heartbeat":
             return False
         await self.mirror.feed(frame)
         return True
+
+    async def _request_restore(self, report: ReconcileReport) -> None:
+        """Ask for the lost sessions back; the stream goes on whatever happens (the next reconcile asks again)."""
+        assert self._restore is not None
+        try:
+            await self._restore()
+        except Exception as error:  # e.g. Temporal unreachable
+            log.warning(
+                "%s: restore of %d lost sessions not requested: %s", self.label, report.sessions_missing_upstream, error
+            )
+            report.notes.append(f"restore not requested: {type(error).__name__}: {error}"[:300])
 
     async def disconnected(self) -> None:
         """Write what the lost connection delivered; a database error keeps it buffered for the next flush."""

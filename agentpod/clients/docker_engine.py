@@ -34,8 +34,9 @@ import struct
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -73,7 +74,7 @@ AGENT_USER = f"{AGENT_UID}:{AGENT_UID}"
 
 # Small: it only holds config files. Owned by the agent, private to it. tmpfs pages count against the
 # container's memory limit.
-_SECRETS_TMPFS = f"rw,nosuid,nodev,noexec,size=1m,mode=0700,uid={AGENT_UID},gid={AGENT_UID}"
+_SECRETS_TMPFS = f"rw,nosuid,nodev,noexec,size=8m,mode=0700,uid={AGENT_UID},gid={AGENT_UID}"
 # The root filesystem is read-only: scratch space for the agent's tools lives in a tmpfs (memory).
 _TMP_TMPFS_MAX_MB = 512
 
@@ -116,6 +117,15 @@ class ContainerNotRunning(DockerEngineError):
 
 class SandboxNetworkError(DockerEngineError):
     """The isolated sandbox network or its host firewall could not be set up (an operator must act)."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run in a container came to (``exit_code`` None: Docker did not record one)."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
 
 
 def spec_hash(spec: ContainerSpec) -> str:
@@ -598,35 +608,54 @@ class DockerEngine:
         targets = {str(_secret_target(path).relative_to(SECRETS_PATH)): body for path, body in files.items()}
         marker = str(_secret_target(then_touch).relative_to(SECRETS_PATH)) if then_touch else ""
         name = container_name(sandbox_id)
+        # run_with_stdin refuses a stopped container, also on purpose: with the tmpfs unmounted the files
+        # would land on disk.
+        result = self.run_with_stdin(
+            sandbox_id,
+            ["sh", "-c", _WRITE_SECRETS_SCRIPT, "sh", SECRETS_PATH, marker],
+            _tar(targets),
+            action=f"write {sorted(targets)} in {name}",
+        )
+        if result.exit_code != 0:
+            raise DockerEngineError(
+                f"writing {sorted(targets)} in {name} failed ({result.exit_code}): "
+                f"{result.stderr.decode(errors='replace')[:500]}"
+            )
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    def run_with_stdin(
+        self, sandbox_id: str, command: Sequence[str], stdin: bytes, *, action: str | None = None
+    ) -> ExecResult:
+        """Run ``command`` in the sandbox's running container (as its user, in its working directory, with its
+        environment) with ``stdin`` as the command's whole input; returns its exit code and output.
+
+        The bytes travel over the exec's stdin, so they appear in no command line, environment or
+        ``docker inspect``. The output is read after the input is sent: a command that prints much before it
+        has read everything would stall, so read stdin first (``cat > file``) or print little. Raises
+        :class:`ContainerGone` / :class:`ContainerNotRunning`; ``action`` names the call in other errors.
+        """
+        name = container_name(sandbox_id)
+        action = action or f"run {command[0] if command else '?'} in {name}"
         attrs = self._inspect_attrs(name)
         if attrs is None:
             raise ContainerGone(f"container {name} does not exist")
         if not _state(attrs).running:
-            # Also on purpose: with the tmpfs unmounted the files would land on disk.
             raise ContainerNotRunning(f"container {name} is not running")
         api = self._api
-        with _engine_errors(f"write {sorted(targets)} in {name}"):
+        with _engine_errors(action):
             try:
-                exec_id = api.exec_create(
-                    attrs["Id"],
-                    ["sh", "-c", _WRITE_SECRETS_SCRIPT, "sh", SECRETS_PATH, marker],
-                    stdin=True,
-                    stdout=True,
-                    stderr=True,
-                )["Id"]
+                exec_id = api.exec_create(attrs["Id"], list(command), stdin=True, stdout=True, stderr=True)["Id"]
             except docker.errors.NotFound as exc:
                 raise ContainerGone(f"container {name} does not exist") from exc
             except docker.errors.APIError as exc:
                 if _is_conflict(exc):
                     raise ContainerNotRunning(f"container {name} is not running") from exc
                 raise
-            output = self._exec_with_stdin(exec_id, _tar(targets))
+            output = self._exec_with_stdin(exec_id, stdin)
             exit_code = self._exec_exit_code(exec_id)
-        if exit_code != 0:
-            _, stderr = _demux(output)
-            raise DockerEngineError(
-                f"writing {sorted(targets)} in {name} failed ({exit_code}): {stderr.decode(errors='replace')[:500]}"
-            )
+        stdout, stderr = _demux(output)
+        return ExecResult(exit_code=exit_code, stdout=stdout, stderr=stderr)
 
     def _exec_with_stdin(self, exec_id: str, content: bytes) -> bytes:
         """Start an exec, send ``content`` as its whole stdin, return its raw (multiplexed) output."""

@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import socket
 import struct
+import threading
 from typing import Any
 
 import docker.errors
@@ -83,18 +84,27 @@ def _interface_address(name: str) -> str | None:
 _ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
 
+_create_lock = threading.Lock()
+
+
 class SandboxNetworkUnsafe(Exception):
     """The configured network lets containers talk to each other: sandboxes must not join it."""
 
 
-def sandbox_bridge_name(network: str, engine_id: str) -> str:
+def sandbox_bridge_name(network: str, engine: str) -> str:
     """The Linux bridge name a new sandbox network gets: ``ap-`` and 12 hex digits (IFNAMSIZ allows 15).
 
-    Derived from the engine's id as well as the network's name: two engines on one machine (a second
-    Docker host for tests, or a fresh engine beside a long-used one) would otherwise both claim the
-    same interface name.
+    Derived from the engine (see :func:`engine_identity`) as well as the network's name: two engines
+    on one machine (a second Docker host, or a fresh engine beside a long-used one) would otherwise
+    both claim the same interface, and the second network's containers were unreachable.
     """
-    return "ap-" + hashlib.sha256(f"{engine_id}/{network}".encode()).hexdigest()[:12]
+    return "ap-" + hashlib.sha256(f"{engine}/{network}".encode()).hexdigest()[:12]
+
+
+def engine_identity(info: dict[str, Any]) -> str:
+    """What tells engines apart: their id and their data root. The id alone does not: engines on one
+    machine share the daemon key it is made from, but each has its own data root."""
+    return f"{info.get('ID', '')}|{info.get('DockerRootDir', '')}"
 
 
 def ensure_sandbox_network(api: Any, network: str) -> str:
@@ -103,24 +113,32 @@ def ensure_sandbox_network(api: Any, network: str) -> str:
     Inter-container traffic is disabled on it (Docker drops bridge-local traffic between its
     containers), so one sandbox never reaches another's address, whatever the port. An existing
     network is adopted only if it has that setting too: the default ``bridge`` does not.
+
+    Docker's duplicate-name check is not atomic: two creations racing made two networks of one name
+    claiming one bridge interface, and containers of the second were unreachable. So creation is
+    serialized in the process, and a duplicate a racing process made is removed (the oldest stays).
     """
-    found = api.networks(names=[network])
-    attrs = next((item for item in found if item.get("Name") == network), None)
-    if attrs is None:
-        try:
-            api.create_network(
-                network,
-                driver="bridge",
-                options={_ICC_OPTION: "false", _BRIDGE_NAME_OPTION: sandbox_bridge_name(network, api.info()["ID"])},
-                labels={"agentpod.role": "sandbox-network"},
-                check_duplicate=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # another worker created it first: adopt theirs
-                raise
-        attrs = api.inspect_network(network)
-    else:
-        attrs = api.inspect_network(attrs["Id"])
+    with _create_lock:
+        found = [item for item in api.networks(names=[network]) if item.get("Name") == network]
+        if not found:
+            bridge = sandbox_bridge_name(network, engine_identity(api.info()))
+            try:
+                api.create_network(
+                    network,
+                    driver="bridge",
+                    options={_ICC_OPTION: "false", _BRIDGE_NAME_OPTION: bridge},
+                    labels={"agentpod.role": "sandbox-network"},
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # another worker created it first: adopt theirs
+                    raise
+            found = [item for item in api.networks(names=[network]) if item.get("Name") == network]
+        found.sort(key=lambda item: str(item.get("Created", "")))
+        for duplicate in found[1:]:
+            with contextlib.suppress(docker.errors.APIError):  # in use: leave it, the oldest is used
+                api.remove_network(duplicate["Id"])
+        attrs = api.inspect_network(found[0]["Id"])
     if attrs.get("Driver") != "bridge" or (attrs.get("Options") or {}).get(_ICC_OPTION) != "false":
         raise SandboxNetworkUnsafe(
             f"Docker network {network!r} allows traffic between its containers; sandboxes need a bridge network "

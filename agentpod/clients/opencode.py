@@ -248,6 +248,12 @@ class OpenCodeClient:
             return False
         return isinstance(data, dict) and data.get("healthy") is True
 
+    async def version(self) -> str | None:
+        """The server's OpenCode version (``/global/health`` says it), or None when it does not."""
+        data = await self._json("GET", "/global/health")
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) and version else None
+
     async def list_sessions(self, *, page_size: int = SESSION_PAGE_SIZE) -> list[JSON]:
         """Every session the server has, children and archived ones included, newest-updated first.
 
@@ -332,6 +338,12 @@ class OpenCodeClient:
     async def session_status(self) -> dict[str, JSON]:
         """Busy / retrying sessions by id (``{"type": "busy"}``, ``{"type": "retry", ...}``); absent = idle."""
         return await self._json_object("GET", "/session/status")
+
+    async def reload(self) -> None:
+        """``POST /global/dispose``: drop every instance, so the next request reads the config files
+        (``OPENCODE_CONFIG``, ``OPENCODE_CONFIG_DIR``) again. A turn in progress would be cut: callers
+        check :meth:`session_status` first."""
+        await self._request("POST", "/global/dispose")
 
     async def sync_history(self, last_seq: Mapping[str, int]) -> list[JSON]:
         """Durable events with ``seq`` above ``last_seq[session_id]``.

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from agentpod.domain.session_restore import SessionRestoreProgress
+
 
 class SyncStatus(BaseModel):
     """Honest state of one sandbox's live mirror (what `GET .../chat/sync/status` shows)."""
@@ -17,6 +19,10 @@ class SyncStatus(BaseModel):
     reconnects: int = 0
     last_error: str | None = None
     events_applied: int = 0
+    # Written by the session restore alone (the stream's own status writes leave it as it is).
+    restore: SessionRestoreProgress | None = Field(
+        default=None, description="The last restore of sessions the agent had lost (none: never needed)."
+    )
 
 
 class ReconcileReport(BaseModel):

@@ -18,15 +18,25 @@ from agentpod.domain.account import AccountInventory, DeletionRecord, SandboxesD
 from agentpod.domain.activity import RecordActivityInput
 from agentpod.domain.archival import ArchiveBatchInput, ArchiveBatchResult
 from agentpod.domain.chat import SyncTarget
+from agentpod.domain.mirror_reconciler import MirrorReconcileInput, MirrorReconcileReport
 from agentpod.domain.sandbox import (
+    ConfigPendingInput,
     ContainerSpec,
     ContainerState,
     DeliverConfigInput,
     PushCredentialsInput,
+    ReloadAgentInput,
     RemoveContainerInput,
     SandboxEndpoints,
     SetStatusInput,
     WaitHealthyInput,
+)
+from agentpod.domain.session_restore import (
+    RestoreSessionInput,
+    SaveRestoreProgressInput,
+    SessionRestorePlan,
+    SessionRestorePlanInput,
+    SessionRestoreResult,
 )
 
 A = TypeVar("A")
@@ -67,6 +77,8 @@ SANDBOX_SET_STATUS = contract("sandbox_set_status", SetStatusInput, returns=bool
 SANDBOX_ENDPOINTS = contract("sandbox_endpoints", ContainerSpec, ContainerState, returns=SandboxEndpoints)
 SANDBOX_DELETE_ROW = contract("sandbox_delete_row", str, returns=NoResult)
 SANDBOX_PUSH_AGENT_CREDENTIALS = contract("sandbox_push_agent_credentials", PushCredentialsInput, returns=int)
+SANDBOX_SET_CONFIG_PENDING = contract("sandbox_set_config_pending", ConfigPendingInput, returns=NoResult)
+OPENCODE_RELOAD_WHEN_IDLE = contract("opencode_reload_when_idle", ReloadAgentInput, returns=bool)
 
 DOCKER_ENSURE_CONTAINER = contract("docker_ensure_container", ContainerSpec, returns=ContainerState)
 DOCKER_START_CONTAINER = contract("docker_start_container", str, returns=ContainerState)
@@ -97,3 +109,13 @@ ACCOUNT_RECORD_DELETION = contract("account_record_deletion", DeletionRecord, re
 # --------------------------------------------------------------------------- ArchivalWorkflow
 
 ARCHIVE_ACTIVITY_BATCH = contract("archive_activity_batch", ArchiveBatchInput, returns=ArchiveBatchResult)
+
+# --------------------------------------------------------------------------- MirrorReconcilerWorkflow
+
+MIRROR_RECONCILE_PASS = contract("mirror_reconcile_pass", MirrorReconcileInput, returns=MirrorReconcileReport)
+
+# --------------------------------------------------------------------------- SessionRestoreWorkflow
+
+SESSION_RESTORE_PLAN = contract("session_restore_plan", SessionRestorePlanInput, returns=SessionRestorePlan)
+SESSION_RESTORE_SESSION = contract("session_restore_session", RestoreSessionInput, returns=SessionRestoreResult)
+SESSION_RESTORE_SAVE_PROGRESS = contract("session_restore_save_progress", SaveRestoreProgressInput, returns=NoResult)

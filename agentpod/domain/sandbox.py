@@ -138,6 +138,8 @@ class SandboxWorkflowState(BaseModel):
     in_progress: DesiredState | None = None
     repairs: int = 0  # containers recreated or restarted after drifting
     transitions: int = 0
+    # The user's agent config, files or keys changed and the running agent has not been given them yet.
+    config_pending: bool = False
 
 
 class SandboxWorkflowInput(BaseModel):
@@ -177,6 +179,22 @@ class PushCredentialsInput(BaseModel):
     opencode_url: str
     # Whose OpenCode: its server password is derived from it (None only in histories from before).
     sandbox_id: str | None = None
+
+
+class ReloadAgentInput(BaseModel):
+    """Reload a running OpenCode's configuration once no turn is in progress."""
+
+    sandbox_id: str
+    opencode_url: str
+    # How long to wait for the agent to be idle before giving up for now (a turn is never cut).
+    idle_wait_seconds: float = Field(20.0, gt=0)
+
+
+class ConfigPendingInput(BaseModel):
+    """Whether a sandbox's agent still waits for the user's changed configuration."""
+
+    sandbox_id: str
+    pending: bool
 
 
 class DeliverConfigInput(BaseModel):

@@ -24,6 +24,10 @@ class AgentCredentials(BaseModel):
 
     providers: dict[str, ProviderAuth] = Field(default_factory=dict)
     opencode_config: dict[str, Any] | None = None  # full opencode.json, secrets included
+    # The user's AGENTS.md: instructions every agent of the user follows.
+    instructions: str | None = None
+    # Custom agents and commands as OpenCode reads them from its config dir: "agent/<name>.md" → text.
+    config_files: dict[str, str] = Field(default_factory=dict)
 
     def __repr__(self) -> str:  # keep keys out of logs and tracebacks
         return f"AgentCredentials(providers={sorted(self.providers)})"

@@ -114,7 +114,8 @@ async def delete_data(db: AsyncSession, user_id: str) -> dict[str, int]:
         "opencode_config": delete(UserOpencodeConfig).where(UserOpencodeConfig.user_id == user_id),
         "preferences_history": delete(UserPreferencesHistory).where(UserPreferencesHistory.user_id == user_id),
         "preferences": delete(UserPreferences).where(UserPreferences.user_id == user_id),
-        # Messages before their sessions: explicit, rather than trusting every backend's cascade.
+        # By user, not by sandbox: the sessions kept from deleted sandboxes have none. Messages before
+        # their sessions: explicit, rather than trusting every backend's cascade.
         "chat_messages": delete(ChatMessage).where(ChatMessage.session_id.in_(sessions_of_user)),
         "chat_sessions": delete(ChatSession).where(ChatSession.user_id == user_id),
         "linked_accounts": delete(OAuthAccount).where(OAuthAccount.user_id == user_id),

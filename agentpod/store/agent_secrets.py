@@ -24,6 +24,8 @@ class EncryptedSecretsProvider:
             async with self._sessions() as db:
                 keys = await providers.api_keys(db, self._keyring, user_id)
                 config = await opencode_config.agent_settings(db, self._keyring, user_id)
+                stored = await opencode_config.get_config(db, user_id)
+                files = await opencode_config.list_files(db, user_id)
         except DecryptionError as error:
             # Retrying cannot repair a ciphertext: fail the start at once, saying what to re-enter.
             raise ApplicationError(
@@ -32,4 +34,9 @@ class EncryptedSecretsProvider:
         return AgentCredentials(
             providers={provider_id: ProviderAuth(type="api", key=key) for provider_id, key in keys.items()},
             opencode_config=config,
+            instructions=stored.agents_md if stored is not None else None,
+            # OpenCode reads agents from <config dir>/agent/*.md and commands from command/*.md.
+            config_files={
+                f"{row.type}/{row.name}.md": row.content for row in files if row.type in ("agent", "command")
+            },
         )

@@ -1,5 +1,5 @@
-"""Chat queries: owner-scoped session and message pages (keyset), archive, the row for a session the app
-created, and the change feed the live stream relays.
+"""Chat queries: owner-scoped session and message pages (keyset), archive and unarchive, the row for a
+session the app created, and the change feed the live stream relays.
 
 Ordering never depends on insert time: sessions by last activity then upstream creation, messages by
 upstream creation then upstream id. Every nullable sort column is placed explicitly (``NULLS LAST``),
@@ -152,14 +152,15 @@ class SessionKey:
         return cls(_from_micros(data.get("l")), _from_micros(data.get("c")), _text(data, "i"))
 
 
-_SESSION_ORDER = (
+SESSION_ORDER = (
     ChatSession.last_message_at.desc().nulls_last(),
     ChatSession.upstream_created_at.desc().nulls_last(),
     ChatSession.id,
 )
 
 
-def _session_after(key: SessionKey) -> ColumnElement[bool]:
+def session_after(key: SessionKey) -> ColumnElement[bool]:
+    """Sessions strictly after ``key`` in :data:`SESSION_ORDER`."""
     after_last, same_last = _after_desc_nulls_last(ChatSession.last_message_at, key.last_message_at)
     after_created, same_created = _after_desc_nulls_last(ChatSession.upstream_created_at, key.upstream_created_at)
     return or_(after_last, and_(same_last, or_(after_created, and_(same_created, ChatSession.id > key.id))))
@@ -197,8 +198,8 @@ async def list_sessions(
     total = await db.scalar(select(func.count()).select_from(ChatSession).where(*conditions)) or 0
     query = select(ChatSession).where(*conditions)
     if after is not None:
-        query = query.where(_session_after(after))
-    rows = list((await db.scalars(query.order_by(*_SESSION_ORDER).limit(limit + 1))).all())
+        query = query.where(session_after(after))
+    rows = list((await db.scalars(query.order_by(*SESSION_ORDER).limit(limit + 1))).all())
     next_key = SessionKey.of(rows[limit - 1]) if len(rows) > limit else None
     rows = rows[:limit]
     return SessionPage(rows, await child_counts(db, [row.id for row in rows]), next_key, total)
@@ -221,7 +222,7 @@ async def children_of(db: AsyncSession, session: ChatSession, *, limit: int = 10
     query = select(ChatSession).where(
         ChatSession.sandbox_id == session.sandbox_id, ChatSession.parent_session_id == session.id
     )
-    return list((await db.scalars(query.order_by(*_SESSION_ORDER).limit(limit))).all())
+    return list((await db.scalars(query.order_by(*SESSION_ORDER).limit(limit))).all())
 
 
 # Built once: every request on a chat session runs it. The sandbox is the outer side so that one
@@ -275,6 +276,15 @@ async def archive_session(db: AsyncSession, session: ChatSession) -> bool:
     if session.status != "active":
         return False
     session.status = "archived"
+    await db.flush()
+    return True
+
+
+async def unarchive_session(db: AsyncSession, session: ChatSession) -> bool:
+    """Make an archived session active again; False when there was nothing to do (not archived)."""
+    if session.status != "archived":
+        return False
+    session.status = "active"
     await db.flush()
     return True
 

@@ -76,5 +76,6 @@ async def recent_chat_changes(
     for start in range(0, len(ordered), CHUNK):
         params = {"sandboxes": ordered[start : start + CHUNK], "since": since}
         for sandbox_id, row_id, updated_at in await db.execute(_RECENT, params):
-            changed.setdefault(sandbox_id, set()).add((row_id, updated_at))
+            if sandbox_id is not None:  # always: the query asks for these sandboxes (kept sessions have none)
+                changed.setdefault(sandbox_id, set()).add((row_id, updated_at))
     return changed

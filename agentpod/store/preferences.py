@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentpod.store.base import new_id, utcnow
 from agentpod.store.dialect_insert import dialect_of, insert_for
-from agentpod.store.sandboxes import validate_catalog_choices
+from agentpod.store.sandboxes import DEFAULT_ADDON_IDS, validate_catalog_choices
 from agentpod.store.tables import UserPreferences
 from agentpod.store.tables.preferences_history import UserPreferencesHistory
 
@@ -44,7 +44,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "system_notifications": True,
         "default_resource_tier_id": None,
         "default_flavor_id": None,
-        "default_addon_ids": [],
+        "default_addon_ids": list(DEFAULT_ADDON_IDS),
         "default_agent_id": "opencode",
     }
 )

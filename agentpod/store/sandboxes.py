@@ -11,21 +11,35 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from agentpod.domain.sandbox import SandboxStatus, SandboxUrls
 from agentpod.domain.sandbox_import import LabelledSandbox
 from agentpod.store.base import utcnow
 from agentpod.store.sqlite_inline import inline_reads
-from agentpod.store.tables import ContainerAddon, ContainerFlavor, ResourceTier, Sandbox, User, UserPreferences
+from agentpod.store.tables import (
+    ChatSession,
+    ContainerAddon,
+    ContainerFlavor,
+    ResourceTier,
+    Sandbox,
+    User,
+    UserPreferences,
+)
 from agentpod.store.tables.sandboxes import sandbox_name_key
 from agentpod.store.write_gate import begin_write
 
 SLUG_MAX = 48
+# last_accessed_at is this coarse: a user chatting all day costs one write a minute per sandbox.
+ACCESS_RESOLUTION = timedelta(minutes=1)
+# The add-ons of a new sandbox when neither the request nor the user's preferences choose any.
+DEFAULT_ADDON_IDS = ("code-server",)
 
 
 class CatalogError(ValueError):
@@ -94,7 +108,8 @@ async def resolve_defaults(
     flavor_id: str | None,
     addon_ids: list[str] | None,
 ) -> tuple[str, str, list[str]]:
-    """Fill unset choices from the user's preferences, else the catalog defaults; validate all three."""
+    """Fill unset choices from the user's preferences, else the catalog defaults (add-ons:
+    :data:`DEFAULT_ADDON_IDS`); validate all three."""
     prefs = await db.scalar(select(UserPreferences).where(UserPreferences.user_id == user_id))
     if resource_tier_id is None:
         resource_tier_id = (prefs.default_resource_tier_id if prefs else None) or await db.scalar(
@@ -105,7 +120,11 @@ async def resolve_defaults(
             select(ContainerFlavor.id).where(ContainerFlavor.is_default, ContainerFlavor.enabled)
         )
     if addon_ids is None:
-        addon_ids = list(prefs.default_addon_ids) if prefs else []
+        # Not chosen in the request: an add-on the catalog has since withdrawn is left out rather than
+        # failing the create over a choice the user did not make in it.
+        wanted = list(prefs.default_addon_ids) if prefs else list(DEFAULT_ADDON_IDS)
+        offered = select(ContainerAddon.id).where(ContainerAddon.id.in_(wanted), ContainerAddon.enabled)
+        addon_ids = list((await db.scalars(offered)).all()) if wanted else []
     await validate_catalog_choices(db, resource_tier_id=resource_tier_id, flavor_id=flavor_id, addon_ids=addon_ids)
     assert resource_tier_id is not None and flavor_id is not None  # validated above
     return resource_tier_id, flavor_id, sorted(set(addon_ids))
@@ -251,6 +270,8 @@ async def set_status(
 ) -> bool:
     """Write the observed status (and what came with it); False when the row no longer exists."""
     values: dict[str, Any] = {"status": status.value, "error_message": error_message, "updated_at": utcnow()}
+    if status == SandboxStatus.RUNNING:
+        values["config_pending"] = False  # every start and repair delivers the user's latest config
     if container_id is not None:
         values["container_id"] = container_id
     if urls is not None:
@@ -263,8 +284,64 @@ async def set_status(
     return bool(getattr(result, "rowcount", 0))
 
 
+async def note_access(db: AsyncSession, sandbox: Sandbox, *, now: datetime | None = None) -> bool:
+    """Record in ``last_accessed_at`` that the user used ``sandbox`` (a prompt, a start), coarsely.
+
+    At most one write per :data:`ACCESS_RESOLUTION`: the row the request already loaded tells whether
+    the stored time is older, so a request within the minute writes nothing, and of parallel requests
+    the condition lets one write. ``updated_at`` stays: using a sandbox does not change it. The caller
+    commits; returns whether it wrote.
+    """
+    now = now or utcnow()
+    if sandbox.last_accessed_at is not None and now - sandbox.last_accessed_at < ACCESS_RESOLUTION:
+        return False
+    stale = or_(Sandbox.last_accessed_at.is_(None), Sandbox.last_accessed_at <= now - ACCESS_RESOLUTION)
+    result = await db.execute(
+        update(Sandbox)
+        .where(Sandbox.id == sandbox.id, stale)
+        .values(last_accessed_at=now, updated_at=Sandbox.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    set_committed_value(sandbox, "last_accessed_at", now)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def mark_config_pending(db: AsyncSession, user_id: str) -> list[str]:
+    """The user's agent config changed: flag their running sandboxes (ids returned) until they reload it."""
+    result = await db.execute(
+        update(Sandbox)
+        .where(Sandbox.user_id == user_id, Sandbox.status == SandboxStatus.RUNNING.value)
+        .values(config_pending=True)
+        .returning(Sandbox.id)
+    )
+    return list(result.scalars())
+
+
+async def set_config_pending(db: AsyncSession, sandbox_id: str, pending: bool) -> None:
+    """Mark whether the running agent still waits for the user's changed configuration."""
+    await db.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(config_pending=pending))
+
+
 async def delete_row(db: AsyncSession, sandbox_id: str) -> None:
-    """Remove the row (chat history cascades with it: deleting a sandbox is the user's explicit choice)."""
+    """Remove the row, keeping its chat sessions and messages: they stay the user's, readable through
+    ``/api/v2/chat/sessions``, until purged or the account is deleted.
+
+    The sessions first get the sandbox's id, name and the time (``deleted_sandbox_*``), then the
+    foreign key sets their ``sandbox_id`` to NULL, so the name and quota slot are free at once. The row
+    is locked first (PostgreSQL): a session inserted for this sandbox meanwhile would otherwise lose
+    its sandbox without the snapshot; on SQLite the write lock is taken up front for the same reason.
+    Idempotent: a deleted row leaves nothing to do. Call it first in its transaction.
+    """
+    await begin_write(db)
+    name = await db.scalar(select(Sandbox.name).where(Sandbox.id == sandbox_id).with_for_update())
+    if name is None:
+        return
+    await db.execute(
+        update(ChatSession)
+        .where(ChatSession.sandbox_id == sandbox_id)
+        .values(deleted_sandbox_id=sandbox_id, deleted_sandbox_name=name, sandbox_deleted_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     await db.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))
 
 

@@ -30,7 +30,9 @@ async def save_sync_status(
         row = table(sandbox_id=sandbox_id, status={})
         db.add(row)
     current = SyncStatus.model_validate(row.status or {})
-    update = status.model_dump(exclude_unset=True) if merge else status.model_dump()
+    # ``restore`` has its own writer (the session restore, merging): a stream's full write keeps it.
+    fields = status.model_fields_set if merge else set(SyncStatus.model_fields) - {"restore"}
+    update = {name: getattr(status, name) for name in fields}
     row.status = current.model_copy(update=update).model_dump(mode="json")
     row.updated_at = utcnow()
 

@@ -21,7 +21,7 @@ from agentpod.clients.acp import (
     AcpGatewayUnavailable,
 )
 from agentpod.security.sandbox_secrets import gateway_secrets
-from agentpod.store import chat
+from agentpod.store import chat, sandboxes
 from agentpod.store.acp_sync import claim_session
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import lock_sandbox_chats
@@ -139,6 +139,7 @@ async def prompt(
     async with _gateway(ctx, clients, sandbox) as gateway:
         await require_model_source(db, sandbox, ctx.settings)
         turn = await gateway.prompt(session.acp_session_id, body.text)
+    await sandboxes.note_access(db, sandbox)
     # The prompt text stays in the chat tables; the audit trail records only its size.
     await entry.record(db, sandbox_id=sandbox.id, turn_id=turn.get("turn_id"), chars=len(body.text))
     await db.commit()

@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 
 from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
 from agentpod.settings import Settings
-from agentpod.store import chat, providers
+from agentpod.store import chat, providers, sandboxes
 from agentpod.store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
 from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import AuditEntry, audit
@@ -148,7 +148,8 @@ MessageLimit = Annotated[int, Query(ge=1, le=200, description="Page size (1-200)
 Cursor = Annotated[str | None, Query(max_length=1024)]
 
 
-def _invalid_cursor(error: InvalidCursor, parameter: str) -> BadRequest:
+def invalid_cursor(error: InvalidCursor, parameter: str) -> BadRequest:
+    """The 400 for a cursor this API did not produce."""
     return BadRequest(str(error), code="invalid_cursor", details={"parameter": parameter})
 
 
@@ -160,7 +161,8 @@ def _upstream_id(session: ChatSession) -> str:
     return session.opencode_session_id
 
 
-def _page(page: chat.MessagePage, include_raw: bool, given: str | None) -> dict[str, Any]:
+def page_fields(page: chat.MessagePage, include_raw: bool, given: str | None) -> dict[str, Any]:
+    """A message page's messages and cursors, as the page bodies carry them."""
     messages = page.messages
     return {
         "messages": message_page_data(messages, include_raw=include_raw),
@@ -185,7 +187,7 @@ async def list_sessions(
     try:
         after = SessionKey.decode(cursor) if cursor else None
     except InvalidCursor as error:
-        raise _invalid_cursor(error, "cursor") from None
+        raise invalid_cursor(error, "cursor") from None
     page = await chat.list_sessions(
         db, sandbox.id, status=status_filter, include_children=include_children, limit=limit, after=after
     )
@@ -206,7 +208,7 @@ async def get_session(session: OwnedChatSession, db: DbSession, include_raw: boo
         session=ChatSessionOut.from_row(session, counts.get(session.id, 0)),
         has_more=page.has_older,
         children=[ChatSessionOut.from_row(child, counts.get(child.id, 0)) for child in children],
-        **_page(page, include_raw, None),
+        **page_fields(page, include_raw, None),
     )
 
 
@@ -220,18 +222,25 @@ async def list_messages(
     include_raw: bool = False,
 ) -> Response:
     """Messages in chronological order: the newest page, or the page ``before`` / ``after`` a cursor."""
+    return await message_page_response(db, session.id, before, after, limit, include_raw)
+
+
+async def message_page_response(
+    db: DbSession, session_id: str, before: str | None, after: str | None, limit: int, include_raw: bool
+) -> Response:
+    """A :class:`ChatMessagePage` of session ``session_id`` (ownership already checked), as the response."""
     if before and after:
         raise BadRequest("give either before or after, not both", code="conflicting_cursors")
     try:
         before_key = MessageKey.decode(before) if before else None
         after_key = MessageKey.decode(after) if after else None
     except InvalidCursor as error:
-        raise _invalid_cursor(error, "before" if before else "after") from None
+        raise invalid_cursor(error, "before" if before else "after") from None
     page = await chat.message_page(
-        db, session.id, limit=limit, before=before_key, after=after_key, with_content=include_raw
+        db, session_id, limit=limit, before=before_key, after=after_key, with_content=include_raw
     )
     body = ChatMessagePage(
-        has_older=page.has_older, has_newer=page.has_newer, **_page(page, include_raw, before or after)
+        has_older=page.has_older, has_newer=page.has_newer, **page_fields(page, include_raw, before or after)
     )
     # Built and checked once here: returned as a model, FastAPI would dump, re-validate and re-encode it
     # (the busiest read of the app; a third of its CPU went there).
@@ -247,13 +256,31 @@ async def archive_session(
     db: DbSession,
     entry: Annotated[AuditEntry, audit("chat.session_archive", entity="chat_session", id_param="session_id")],
 ) -> Response:
-    """Archive the session (hidden from the default list, history kept). Idempotent."""
+    """Archive the session (hidden from the default list, history kept; ``POST .../unarchive`` brings it
+    back). Idempotent."""
     if await chat.archive_session(db, session):
         await entry.record(db, sandbox_id=session.sandbox_id)
         await db.commit()
     else:
         entry.skip()  # already archived (or deleted upstream): nothing changed
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/sessions/{session_id}/unarchive")
+async def unarchive_session(
+    session: OwnedChatSession,
+    db: DbSession,
+    entry: Annotated[AuditEntry, audit("chat.session_unarchive", entity="chat_session", id_param="session_id")],
+) -> ChatSessionOut:
+    """Make an archived session active again (listed by default). Idempotent: any other session is
+    returned unchanged."""
+    if await chat.unarchive_session(db, session):
+        await entry.record(db, sandbox_id=session.sandbox_id)
+        await db.commit()
+    else:
+        entry.skip()  # not archived: nothing changed
+    counts = await chat.child_counts(db, [session.id])
+    return ChatSessionOut.from_row(session, counts.get(session.id, 0))
 
 
 @router.post("/sessions", status_code=status.HTTP_201_CREATED)
@@ -294,6 +321,7 @@ async def send_message(
     async with _opencode(clients, sandbox, settings.public_domain) as opencode:
         await require_model_source(db, sandbox, settings)
         await opencode.prompt_async(upstream_id, body.text, model=model, agent=body.agent, message_id=message_id)
+    await sandboxes.note_access(db, sandbox)
     # The prompt text stays in the chat tables; the audit trail records only its size.
     await entry.record(
         db, sandbox_id=sandbox.id, message_id=message_id, chars=len(body.text), model=body.model, agent=body.agent
@@ -354,7 +382,7 @@ async def stream(
     try:
         start = ChangeKey.decode(given) if given else await chat.latest_change(db, sandbox.id)
     except InvalidCursor as error:
-        raise _invalid_cursor(error, "Last-Event-ID") from None
+        raise invalid_cursor(error, "Last-Event-ID") from None
     sandbox_id, (user, auth_session) = sandbox.id, auth
     # The stream reads with its own short sessions; holding this one would pin a connection (and, on
     # SQLite, an old read snapshot) for as long as the phone stays connected.

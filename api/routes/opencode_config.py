@@ -13,7 +13,7 @@ from agentpod.security.encryption import DecryptionError
 from agentpod.store import opencode_config
 from agentpod.store.tables import UserOpencodeConfig, UserOpencodeFile
 from api.audit import AuditEntry, audit
-from api.deps import Context, CurrentUser, DbSession, OwnedFile
+from api.deps import AgentConfigPushDep, Context, CurrentUser, DbSession, OwnedFile
 from api.errors import ERROR_RESPONSES, Conflict
 from api.schemas.opencode_config import (
     OpencodeConfigIn,
@@ -64,8 +64,10 @@ async def put_config(
     db: DbSession,
     ctx: Context,
     entry: Annotated[AuditEntry, audit("opencode.config_update", entity="user")],
+    push: AgentConfigPushDep,
 ) -> OpencodeConfigOut:
-    """Replace settings and AGENTS.md. MCP environment values and headers are encrypted at rest."""
+    """Replace settings and AGENTS.md. MCP environment values and headers are encrypted at rest. Running
+    sandboxes get the change within seconds (``config_pending`` until their agent has reloaded it)."""
     try:
         row = await opencode_config.put_config(db, ctx.keyring, user.id, body.settings, body.agents_md)
     except DecryptionError:
@@ -74,7 +76,9 @@ async def put_config(
             code="secrets_unreadable",
         ) from None
     await entry.record(db, mcp_servers=len(body.settings.get("mcp", {})), agents_md=body.agents_md is not None)
+    await push.flag(db)
     await db.commit()
+    await push.push()
     return _config_out(row)
 
 
@@ -91,6 +95,7 @@ async def create_file(
     user: CurrentUser,
     db: DbSession,
     entry: Annotated[AuditEntry, audit("opencode.file_create", entity="opencode_file")],
+    push: AgentConfigPushDep,
 ) -> OpencodeFileOut:
     """Add a custom agent or command."""
     try:
@@ -100,7 +105,9 @@ async def create_file(
     except opencode_config.FileLimitError:
         raise Conflict(f"at most {opencode_config.MAX_FILES} files per user", code="file_limit_reached") from None
     await entry.record(db, entity_id=row.id, type=row.type, name=row.name)
+    await push.flag(db)
     await db.commit()
+    await push.push()
     return _file_out(row)
 
 
@@ -116,6 +123,7 @@ async def update_file(
     row: OwnedFile,
     db: DbSession,
     entry: Annotated[AuditEntry, audit("opencode.file_update", entity="opencode_file", id_param="file_id")],
+    push: AgentConfigPushDep,
 ) -> OpencodeFileOut:
     """Rename and/or rewrite a file."""
     try:
@@ -124,7 +132,9 @@ async def update_file(
         raise Conflict(str(error), code="duplicate_file") from None
     if changed:
         await entry.record(db, type=row.type, name=row.name)
+        await push.flag(db)
         await db.commit()
+        await push.push()
     else:
         entry.skip()
     return _file_out(row)
@@ -135,9 +145,12 @@ async def delete_file(
     row: OwnedFile,
     db: DbSession,
     entry: Annotated[AuditEntry, audit("opencode.file_delete", entity="opencode_file", id_param="file_id")],
+    push: AgentConfigPushDep,
 ) -> Response:
     """Delete a file."""
     await entry.record(db, type=row.type, name=row.name)
     await opencode_config.delete_file(db, row)
+    await push.flag(db)
     await db.commit()
+    await push.push()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Response, status
 
 from agentpod.store import providers
 from api.audit import AuditEntry, audit
-from api.deps import Context, CurrentUser, DbSession
+from api.deps import AgentConfigPushDep, Context, CurrentUser, DbSession
 from api.errors import ERROR_RESPONSES, NotFound
 from api.schemas.providers import PROVIDER_ID_PATTERN, ProviderKeyIn, ProviderList, ProviderOut
 
@@ -48,13 +48,17 @@ async def put_provider(
     ctx: Context,
     response: Response,
     entry: Annotated[AuditEntry, audit("provider.configure", entity="provider", id_param="provider_id")],
+    push: AgentConfigPushDep,
 ) -> ProviderOut:
-    """Set or replace the provider's API key (201 when new). Running sandboxes get it on their next start."""
+    """Set or replace the provider's API key (201 when new). Running sandboxes get it within seconds
+    (``config_pending`` until their agent has reloaded it)."""
     row, created = await providers.put_api_key(
         db, ctx.keyring, user.id, provider_id, body.api_key.get_secret_value(), make_default=body.is_default
     )
     await entry.record(db, created=created, is_default=row.is_default)
+    await push.flag(db)
     await db.commit()
+    await push.push()
     if created:
         response.status_code = status.HTTP_201_CREATED
     return ProviderOut.model_validate(row)
@@ -82,10 +86,13 @@ async def delete_provider(
     user: CurrentUser,
     db: DbSession,
     entry: Annotated[AuditEntry, audit("provider.remove", entity="provider", id_param="provider_id")],
+    push: AgentConfigPushDep,
 ) -> Response:
-    """Delete the provider's key (and its default flag)."""
+    """Delete the provider's key (and its default flag); running agents lose it within seconds."""
     if not await providers.delete(db, user.id, provider_id):
         raise _not_found(provider_id)
     await entry.record(db)
+    await push.flag(db)
     await db.commit()
+    await push.push()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -180,7 +180,10 @@ async def start_sandbox(
     sandbox: OwnedSandbox, db: DbSession, transition: Transitions, response: Response
 ) -> SandboxOut:
     """Start the container; answers when OpenCode is healthy (202 if that takes unusually long)."""
-    return await _answer(db, sandbox, response, finished=await transition(sandbox, SandboxTransition.START))
+    finished = await transition(sandbox, SandboxTransition.START)
+    if await sandboxes.note_access(db, sandbox):
+        await db.commit()
+    return await _answer(db, sandbox, response, finished=finished)
 
 
 @router.post(
@@ -200,7 +203,8 @@ async def stop_sandbox(sandbox: OwnedSandbox, db: DbSession, transition: Transit
     dependencies=[audit("sandbox.delete", entity="sandbox", id_param="sandbox_id", recorded_by="workflow")],
 )
 async def delete_sandbox(sandbox: OwnedSandbox, transition: Transitions) -> Response:
-    """Delete the sandbox: container, volumes and row (chat history goes with it)."""
+    """Delete the sandbox: container, volumes and row. Its chat history is kept (``/api/v2/chat/sessions``)
+    until you purge it."""
     if not await transition(sandbox, SandboxTransition.DELETE):
         return Response(status_code=status.HTTP_202_ACCEPTED)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,4 +1,5 @@
-"""Bodies of the chat endpoints (``/api/v2/sandboxes/{sandbox_id}/chat``)."""
+"""Bodies of the chat endpoints: a sandbox's chat (``/api/v2/sandboxes/{sandbox_id}/chat``) and the user's
+sessions across sandboxes, deleted ones included (``/api/v2/chat/sessions``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from agentpod.store.tables import ChatMessage, ChatSession
+from agentpod.store.user_chats import Purged, UserSession
 from api.schemas.base import RequestBody, ResponseBody
 
 MAX_MESSAGE_CHARS = 100_000
@@ -199,3 +201,61 @@ class ChatAbortAccepted(ResponseBody):
     """The agent was asked to stop the current turn."""
 
     session_id: str
+
+
+# --- The user's sessions across sandboxes (/api/v2/chat/sessions) -------------------------------------
+
+
+class UserChatSessionOut(ChatSessionOut):
+    """A session of one of the user's sandboxes, live or deleted, with the sandbox it was held in."""
+
+    sandbox_id: str | None = Field(
+        description="The sandbox, live or deleted; null only for a session kept without that record."
+    )
+    sandbox_name: str | None = Field(description="The sandbox's name now, or the name it had when it was deleted.")
+    sandbox_exists: bool = Field(description="False: the sandbox was deleted and this session was kept.")
+    sandbox_deleted_at: datetime | None
+
+    @classmethod
+    def from_user_session(cls, item: UserSession, child_count: int = 0) -> UserChatSessionOut:
+        """Build from a session and what the user sees of its sandbox."""
+        return cls.model_validate(
+            {
+                **ChatSessionOut.from_row(item.row, child_count).model_dump(),
+                "sandbox_id": item.sandbox_id,
+                "sandbox_name": item.sandbox_name,
+                "sandbox_exists": item.sandbox_exists,
+                "sandbox_deleted_at": item.row.sandbox_deleted_at,
+            }
+        )
+
+
+class UserChatSessionList(ResponseBody):
+    """A page of the user's sessions; pass ``next_cursor`` as ``cursor`` for the next one (null: last page)."""
+
+    sessions: list[UserChatSessionOut]
+    next_cursor: str | None
+    total: int = Field(description="Sessions matching the filters, over all pages.")
+
+
+class UserChatSessionDetail(ResponseBody):
+    """A session, its newest messages (chronological) and its subagent sessions."""
+
+    session: UserChatSessionOut
+    messages: list[ChatMessageOut]
+    has_more: bool = Field(description="Older messages exist: page with `older_cursor` as `before`.")
+    older_cursor: str | None
+    newer_cursor: str | None
+    children: list[UserChatSessionOut]
+
+
+class ChatPurged(ResponseBody):
+    """What a purge deleted for good (subagent sessions count as sessions)."""
+
+    sessions_purged: int
+    messages_purged: int
+
+    @classmethod
+    def of(cls, purged: Purged) -> ChatPurged:
+        """Build from the store's count."""
+        return cls(sessions_purged=purged.sessions, messages_purged=purged.messages)

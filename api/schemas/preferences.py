@@ -55,7 +55,9 @@ class PreferencesReplace(RequestBody):
     default_flavor_id: CatalogId | None = Field(
         default=None, description="A container flavor id from the catalog; null: the catalog's default flavor."
     )
-    default_addon_ids: AddonIds = Field(default_factory=list, description="Add-on ids from the catalog.")
+    default_addon_ids: AddonIds = Field(
+        default_factory=lambda: list(DEFAULTS["default_addon_ids"]), description="Add-on ids from the catalog."
+    )
     default_agent_id: Identifier = DEFAULTS["default_agent_id"]
 
 

@@ -69,6 +69,10 @@ class SandboxOut(ResponseBody):
     addon_ids: list[str]
     status: str
     error_message: str | None
+    config_pending: bool = Field(
+        description="The user's agent config, files or keys changed and this running sandbox's agent has not "
+        "reloaded them yet (it does within seconds, once no turn is in progress)."
+    )
     opencode_url: str | None
     acp_gateway_url: str | None
     code_server_url: str | None

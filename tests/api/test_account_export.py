@@ -12,12 +12,13 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentpod.settings import Settings
 from agentpod.store import account
-from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, Sandbox, User
+from agentpod.store.sandboxes import delete_row
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession, User
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import account as account_routes
@@ -152,6 +153,27 @@ async def test_the_export_holds_everything_the_user_owns_and_no_secret(
     assert len(document["devices"]) == 1 and "ip_address" in document["devices"][0]
 
 
+async def test_a_deleted_sandboxs_chats_stay_in_the_counts_and_the_export(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    owner = await _filled_account(client, sessions)
+    headers, sandbox = owner["headers"], owner["sandbox"]
+    async with sessions() as db:
+        await delete_row(db, sandbox["id"])  # what the sandbox's workflow does last
+        await db.commit()
+
+    counts = (await client.get("/api/account", headers=headers)).json()["counts"]
+    assert (counts["sandboxes"], counts["chat_sessions"], counts["chat_messages"]) == (0, 2, MESSAGES + 3)
+    document = json.loads((await client.get("/api/account/data-export", headers=headers)).text)
+    assert document["sandboxes"] == []
+    exported = document["chat_sessions"]
+    assert [[m["id"] for m in session["messages"]] for session in exported] == owner["message_ids"]
+    assert {(s["sandbox_id"], s["deleted_sandbox_id"], s["deleted_sandbox_name"]) for s in exported} == {
+        (None, sandbox["id"], "Demo")
+    }
+    assert all(s["sandbox_deleted_at"] for s in exported)
+
+
 @sqlite_only
 async def test_a_wrong_confirmation_is_a_400_and_changes_nothing(
     client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
@@ -214,10 +236,12 @@ async def test_the_deletion_steps_in_the_database_are_idempotent(
         await db.commit()
     assert_error(await client.get("/api/account", headers=filled["headers"]), 401)
     async with sessions() as db:
-        await db.execute(delete(Sandbox).where(Sandbox.id == sandbox_id))  # what its workflow does last
+        await delete_row(db, sandbox_id)  # what its workflow does last: the sandbox's chats stay the user's
+        await db.commit()
         first = await account.delete_data(db, user_id)
         assert await account.delete_data(db, user_id) == dict.fromkeys(first, 0)
-        assert first["chat_messages"] == 0 and first["chat_sessions"] == 0  # went with the sandbox
+        # The chats kept from the deleted sandbox go with the account.
+        assert (first["chat_sessions"], first["chat_messages"]) == (2, MESSAGES + 3)
         assert (first["provider_keys"], first["opencode_files"], first["preferences_history"]) == (1, 1, 2)
         assert await account.delete_user(db, user_id) and await account.delete_user(db, user_id)
         await account.record_deletion(db, "event-1", {"sandboxes": 1})

@@ -340,6 +340,7 @@ ROUTES = [
     ("GET", "/sessions/{session}", None),
     ("GET", "/sessions/{session}/messages", None),
     ("DELETE", "/sessions/{session}", None),
+    ("POST", "/sessions/{session}/unarchive", None),
     ("POST", "/sessions/{session}/messages", {"text": "hi"}),
     ("POST", "/sessions/{session}/abort", None),
     ("GET", "/stream", None),

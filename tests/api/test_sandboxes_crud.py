@@ -36,7 +36,7 @@ async def test_create_uses_catalog_defaults_and_logs_activity(
         "created",
         "starter",
         "fullstack",
-        [],
+        ["code-server"],  # the default add-on when neither the request nor the preferences choose
     )
     assert set(body) >= {"opencode_url", "acp_gateway_url", "code_server_url", "vnc_url", "error_message"}
     async with sessions() as db:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import socket
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from agentpod.clients.docker_network import HostAddressUnknown, address_from_attrs, host_address
+from agentpod.clients.docker_network import (
+    HostAddressUnknown,
+    SandboxNetworkUnsafe,
+    address_from_attrs,
+    ensure_sandbox_network,
+    host_address,
+)
 from tests.docker_helpers import SANDBOX_IMAGE, docker_client
 
 
@@ -68,3 +76,28 @@ def _greet(server: socket.socket) -> None:
             return
         with connection:
             connection.sendall(b"hello from the host")
+
+
+@pytest.mark.docker
+def test_racing_creations_leave_one_isolated_sandbox_network() -> None:
+    client = docker_client()
+    name = f"agentpod-test-net-{uuid.uuid4().hex[:8]}"
+    barrier = threading.Barrier(6)
+
+    def ensure(_: int) -> str:
+        barrier.wait()  # every thread asks Docker at once
+        return ensure_sandbox_network(client.api, name)
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            bridges = set(pool.map(ensure, range(6)))
+        networks = [n for n in client.api.networks(names=[name]) if n["Name"] == name]
+        assert len(networks) == 1 and len(bridges) == 1
+        options = client.api.inspect_network(networks[0]["Id"])["Options"]
+        assert options["com.docker.network.bridge.enable_icc"] == "false"
+        assert options["com.docker.network.bridge.name"] == bridges.pop()
+        with pytest.raises(SandboxNetworkUnsafe):  # the default bridge lets containers talk to each other
+            ensure_sandbox_network(client.api, "bridge")
+    finally:
+        for network in client.api.networks(names=[name]):
+            client.api.remove_network(network["Id"])

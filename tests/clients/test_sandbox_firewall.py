@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from agentpod.clients.docker_network import sandbox_bridge_name
+from agentpod.clients.docker_network import engine_identity, sandbox_bridge_name
 from agentpod.clients.sandbox_firewall import FirewallPolicy, chain_names, host_script, restore_input
 
 
 def test_bridge_and_chain_names_fit_the_kernels_limits_and_differ_per_engine() -> None:
-    first = sandbox_bridge_name("agentpod-sandboxes", "engine-a")
-    second = sandbox_bridge_name("agentpod-sandboxes", "engine-b")
-    assert first != second  # two engines on one machine never claim one interface
-    assert first == sandbox_bridge_name("agentpod-sandboxes", "engine-a")  # stable across restarts
+    # Engines on one machine share the daemon key their id comes from; their data roots differ.
+    main = engine_identity({"ID": "TDAR:IJPU", "DockerRootDir": "/var/lib/docker"})
+    fresh = engine_identity({"ID": "TDAR:IJPU", "DockerRootDir": "/tmp/fresh/data"})
+    first = sandbox_bridge_name("agentpod-sandboxes", main)
+    assert first != sandbox_bridge_name("agentpod-sandboxes", fresh)  # never one interface for two engines
+    assert first == sandbox_bridge_name("agentpod-sandboxes", main)  # stable across restarts
     assert len(first) <= 15
     assert all(len(chain) <= 28 for chain in chain_names(first))
 

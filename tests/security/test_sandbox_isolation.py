@@ -244,15 +244,13 @@ def _forward_rejections() -> int:
     return sum(int(line.split()[0]) for line in output.splitlines() if "REJECT" in line)
 
 
-def test_metadata_and_private_networks_are_refused_and_the_internet_is_not(world: World) -> None:
+def test_metadata_and_private_networks_are_refused(world: World) -> None:
     before = _forward_rejections()
     for target in ("169.254.169.254", "10.255.255.1", "192.168.255.1"):
         assert not world.b.connects(target, 80), f"B reached {target}"
-    refused = _forward_rejections()
-    assert refused >= before + 3, "the firewall did not refuse the private destinations"
-    # A public address is not refused by our rules (whether it answers depends on the machine's internet).
-    world.b.connects("192.0.2.10", 80)  # TEST-NET-1: documentation range, public as far as routing goes
-    assert _forward_rejections() == refused
+    assert _forward_rejections() >= before + 3, "the firewall did not refuse the private destinations"
+    # That public destinations pass our rules is checked on the rules themselves
+    # (tests/clients/test_sandbox_firewall.py): whether one answers here depends on the machine's internet.
 
 
 async def test_opencode_demands_the_sandboxes_password_and_no_secret_is_in_docker_inspect(world: World) -> None:

@@ -60,7 +60,7 @@ def test_every_contract_matches_the_activity_the_worker_registers(
 
 
 def test_workflows_call_only_activities_with_a_contract(tmp_path: Path) -> None:
-    """The sandbox, deletion and archival workflows call nothing else; the chat mirrors stream by name."""
+    """Every workflow calls only contracted activities; the chat mirrors stream by name."""
     mirrors = {"opencode_stream_segment", "opencode_reconcile", "acp_stream_segment", "acp_reconcile"}
     assert set(_registered(tmp_path)) - mirrors == set(BY_NAME)
 
@@ -78,7 +78,7 @@ def test_update_signal_and_query_names_are_unchanged() -> None:
     assert (definition.name, set(definition.updates), set(definition.signals), set(definition.queries)) == (
         "SandboxWorkflow",
         {"start", "stop", "reconfigure", "delete"},
-        {"operator_stop", "operator_start"},
+        {"operator_stop", "operator_start", "agent_config_changed"},
         {"describe"},
     )
     assert {workflow._Definition.must_from_class(cls).name for cls in ALL_WORKFLOWS} == {
@@ -87,6 +87,8 @@ def test_update_signal_and_query_names_are_unchanged() -> None:
         "AcpSyncWorkflow",
         "ArchivalWorkflow",
         "AccountDeletionWorkflow",
+        "MirrorReconcilerWorkflow",
+        "SessionRestoreWorkflow",
     }
 
 

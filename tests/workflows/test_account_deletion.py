@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
@@ -41,7 +41,7 @@ from agentpod.security.keyring import Keyring, load_keyring
 from agentpod.settings import Settings
 from agentpod.store import account
 from agentpod.store.agent_secrets import EncryptedSecretsProvider
-from agentpod.store.tables import ActivityLog
+from agentpod.store.tables import ActivityLog, ChatMessage, ChatSession
 from api.app import create_app
 from api.routes import ROUTERS
 from api.routes import account as account_routes
@@ -367,3 +367,42 @@ async def test_a_cancel_before_the_sandboxes_unlocks_the_account_and_one_after_i
     assert status["state"] == "completed"
     async with world.sessions() as db:
         assert await account.references(db, world.user_id) == []
+
+
+async def test_a_deleted_sandboxs_chats_stay_until_the_account_goes(world: World) -> None:
+    sandbox = await world.create_sandbox(auto_start=True)
+    assert sandbox["status"] == "running", sandbox
+    base = f"/api/v2/sandboxes/{sandbox['id']}"
+    # A session created in the container's real OpenCode, and an ACP one with a message, as the mirrors write them.
+    created = await world.client.post(f"{base}/chat/sessions", json={"title": "keep me"}, headers=world.headers)
+    assert created.status_code == 201, created.text
+    async with world.sessions() as db:
+        acp = ChatSession(
+            sandbox_id=sandbox["id"], user_id=world.user_id, source="acp_gateway", acp_session_id="acp-kept"
+        )
+        db.add(acp)
+        await db.flush()
+        db.add(
+            ChatMessage(session_id=acp.id, external_message_id="m1", source="acp_gateway", role="user", text="hello")
+        )
+        await db.commit()
+
+    deleted = await world.client.delete(base, headers=world.headers)
+    assert deleted.status_code == 204, deleted.text
+    world.sandbox_ids.remove(sandbox["id"])  # gone before the account deletion counts sandboxes
+    assert not world.docker.containers.list(all=True, filters={"name": container_name(sandbox["id"])})
+    assert not {volume.name for volume in world.docker.volumes.list()} & set(volume_names(sandbox["id"]))
+
+    kept = (await world.client.get("/api/v2/chat/sessions", headers=world.headers)).json()["sessions"]
+    assert sorted((s["id"], s["sandbox_name"], s["sandbox_exists"]) for s in kept) == sorted(
+        [(created.json()["id"], sandbox["name"], False), (acp.id, sandbox["name"], False)]
+    )
+    messages = (await world.client.get(f"/api/v2/chat/sessions/{acp.id}/messages", headers=world.headers)).json()
+    assert [m["text"] for m in messages["messages"]] == ["hello"]
+
+    status = await world.wait_deleted(await world.delete_account())
+    assert (status["removed"]["chat_sessions"], status["removed"]["chat_messages"]) == (2, 1)
+    await _assert_nothing_left(world)
+    async with world.sessions() as db:
+        assert await db.scalar(select(func.count()).select_from(ChatSession)) == 0
+        assert await db.scalar(select(func.count()).select_from(ChatMessage)) == 0

@@ -23,7 +23,13 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
 
 
 class ChatSession(IdMixin, TimestampsMixin, Base):
-    """A conversation in one sandbox. Survives container recreation and upstream loss."""
+    """A conversation in one sandbox. Survives container recreation, upstream loss and the sandbox itself.
+
+    Deleting a sandbox keeps its sessions (the user's until purged or the account goes):
+    ``store.sandboxes.delete_row`` copies the sandbox's id and name into ``deleted_sandbox_*`` and the
+    foreign key then sets ``sandbox_id`` to NULL. So a live sandbox's session has ``sandbox_id`` and no
+    ``deleted_sandbox_id``; a kept one the other way round.
+    """
 
     __tablename__ = "chat_sessions"
     __table_args__ = (
@@ -41,9 +47,17 @@ class ChatSession(IdMixin, TimestampsMixin, Base):
         Index("ix_chat_sessions_parent_session_id", "parent_session_id"),
         # The chat stream polls "what changed since (updated_at, id)" per sandbox.
         Index("ix_chat_sessions_sandbox_id_updated_at_id", "sandbox_id", "updated_at", "id"),
+        # The sessions kept from one deleted sandbox: listed, and purged, together.
+        Index("ix_chat_sessions_deleted_sandbox_id", "deleted_sandbox_id"),
     )
 
-    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"))
+    # NULL once the sandbox is deleted (its sessions stay; the sandbox's name and quota slot are freed).
+    sandbox_id: Mapped[str | None] = mapped_column(ForeignKey("sandboxes.id", ondelete="SET NULL"))
+    # What the deleted sandbox was: written with the deletion, NULL while the sandbox exists. Not a
+    # foreign key: the sandbox row is gone.
+    deleted_sandbox_id: Mapped[str | None] = mapped_column(String(36))
+    deleted_sandbox_name: Mapped[str | None] = mapped_column(String(100))
+    sandbox_deleted_at: Mapped[datetime | None]
     user_id: Mapped[str] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(16))
     opencode_session_id: Mapped[str | None] = mapped_column(String(128))

@@ -6,7 +6,7 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
@@ -73,6 +73,8 @@ class Sandbox(IdMixin, TimestampsMixin, Base):
     code_server_url: Mapped[str | None] = mapped_column(String(2048))
     vnc_url: Mapped[str | None] = mapped_column(String(2048))
     last_accessed_at: Mapped[datetime | None]
+    # The user changed their agent config, files or keys and the running agent has not reloaded yet.
+    config_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     @validates("name")
     def _keep_name_key(self, _field: str, name: str) -> str:
