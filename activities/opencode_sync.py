@@ -9,7 +9,7 @@ A segment whose reconcile finds sessions OpenCode lost starts the session restor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.resources import WorkerResources
-from agentpod.chat_mirror.opencode import OpenCodeMirror, OpenCodeStream
+from agentpod.chat_mirror.opencode import OpenCodeMirror, OpenCodeStream, ask_for_lost_sessions
 from agentpod.chat_mirror.segment import run_segment
 from agentpod.clients.opencode import OpenCodeClient
 from agentpod.domain.chat import (
@@ -59,30 +59,38 @@ class OpenCodeSyncActivities:
     async def stream_segment(self, data: StreamSegmentInput) -> StreamSegmentResult:
         """Mirror live events for ``segment_seconds`` (reconnecting as needed), then return."""
         passwords = opencode_passwords(self._keys(), data.target.sandbox_id)
-        target = data.target
-
-        async def restore() -> None:
-            # Sessions we hold that OpenCode lacks (new container, lost volume): the restore puts them back.
-            await request_restore(
-                self._client(),
-                target.sandbox_id,
-                task_queue=activity.info().task_queue,
-                concurrency=self._settings.session_restore_concurrency,
-                user_id=target.user_id,
-            )
-
-        source = OpenCodeStream(self._sessions, target, passwords, restore=restore if self._temporal else None)
+        source = OpenCodeStream(self._sessions, data.target, passwords, restore=self._restorer(data.target))
         return await run_segment(source, data)
 
     @activity.defn(name=OPENCODE_MIRROR.reconcile.name)
     async def reconcile(self, target: SyncTarget) -> ReconcileReport:
-        """One full reconcile through OpenCode's REST API."""
+        """One full reconcile through OpenCode's REST API (every few minutes, and "sync now"); sessions
+        OpenCode lacks are asked back from the session restore, as the stream's own reconcile does."""
         mirror = OpenCodeMirror(self._sessions, sandbox_id=target.sandbox_id, user_id=target.user_id)
         async with OpenCodeClient(target.opencode_url, opencode_passwords(self._keys(), target.sandbox_id)) as client:
             report = await mirror.reconcile(client)
+        await ask_for_lost_sessions(self._restorer(target), report, f"sync {target.sandbox_id}")
         status = SyncStatus(last_reconcile_at=datetime.now(UTC))
         await commit_sync_status(self._sessions, ChatSyncState, target.sandbox_id, status, merge=True)
         return report
+
+    def _restorer(self, target: SyncTarget) -> Callable[[], Awaitable[None]] | None:
+        """What puts back sessions we hold that OpenCode lacks (new container, lost volume): a signal to the
+        sandbox's session restore (started if needed). None in a worker built without Temporal."""
+        if self._temporal is None:
+            return None
+        client, queue = self._temporal, activity.info().task_queue
+
+        async def restore() -> None:
+            await request_restore(
+                client,
+                target.sandbox_id,
+                task_queue=queue,
+                concurrency=self._settings.session_restore_concurrency,
+                user_id=target.user_id,
+            )
+
+        return restore
 
     # ------------------------------------------------------------------ lifecycle (used by SandboxWorkflow)
 

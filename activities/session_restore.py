@@ -1,10 +1,12 @@
 """The session restore's activities: plan it, restore one session, publish the progress.
 
 Restoring a session = rebuild it in OpenCode's export format from our stored rows
-(:mod:`agentpod.chat_mirror.restore`), send the file into the container over ``docker exec`` stdin
-(``/tmp`` is a tmpfs: the root filesystem is read-only) and run ``opencode import`` there as the agent's
-user; OpenCode writes it straight into its store, with the same session, message and part ids, while its
-server runs. Then the mirror reconciles the session, which clears its ``missing_upstream_at`` flag: the
+(:mod:`agentpod.chat_mirror.restore`), send the file over ``docker exec`` stdin into the sandbox's session
+importer (a container beside the sandbox with its data volume, see
+:meth:`~agentpod.clients.docker_engine.DockerEngine.ensure_importer`; ``/tmp`` is a tmpfs there) and run
+``opencode import`` as the agent's user; OpenCode writes it straight into its store, with the same session,
+message and part ids, while the sandbox's server runs. The importer goes when the restore ends. Then the
+mirror reconciles the session, which clears its ``missing_upstream_at`` flag: the
 chat API takes prompts for it again, and the next prompt sends the whole earlier conversation.
 
 Idempotent: a session OpenCode already holds whole (every message and part of ours) is not imported
@@ -18,7 +20,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -26,10 +27,15 @@ from activities.resources import WorkerResources, heartbeating
 from agentpod.chat_mirror.opencode import OpenCodeMirror
 from agentpod.chat_mirror.opencode_mapping import EPOCH
 from agentpod.chat_mirror.restore import expected_parts, restore_order, session_export, upstream_covers
-from agentpod.clients.docker_engine import ContainerGone, ContainerNotRunning, DockerEngineError
+from agentpod.clients.docker_engine import ContainerGone, ContainerNotRunning, DockerEngineError, ImporterLimits
 from agentpod.clients.opencode import OpenCodeClient, OpenCodeNotFound
 from agentpod.domain.chat import SyncStatus
-from agentpod.domain.contracts import SESSION_RESTORE_PLAN, SESSION_RESTORE_SAVE_PROGRESS, SESSION_RESTORE_SESSION
+from agentpod.domain.contracts import (
+    SESSION_RESTORE_FINISH,
+    SESSION_RESTORE_PLAN,
+    SESSION_RESTORE_SAVE_PROGRESS,
+    SESSION_RESTORE_SESSION,
+)
 from agentpod.domain.session_restore import (
     RestoreOutcome,
     RestoreSessionInput,
@@ -42,7 +48,7 @@ from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import find_session, list_sessions, load_messages
 from agentpod.store.sync_state import commit_sync_status
-from agentpod.store.tables import ChatSyncState, ResourceTier, Sandbox
+from agentpod.store.tables import ChatSyncState, Sandbox
 from workflows.session_restore import SANDBOX_NOT_RUNNING
 
 HEARTBEAT_SECONDS = 2.0
@@ -68,24 +74,26 @@ class SessionRestoreActivities:
         self._sessions = resources.sessions
         self._keys = resources.keys
         self.engine = resources.docker_engine()
+        settings = resources.settings
+        self.limits = ImporterLimits(cpus=settings.session_restore_cpus, memory_mb=settings.session_restore_memory_mb)
         # Tests substitute fakes for the engine and for OpenCode.
         self.opencode: OpenCodeFactory = OpenCodeClient
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
-        return [self.plan, self.restore_session, self.save_progress]
+        return [self.plan, self.restore_session, self.save_progress, self.finish]
 
     @activity.defn(name=SESSION_RESTORE_PLAN.name)
     async def plan(self, data: SessionRestorePlanInput) -> SessionRestorePlan:
         """Which sessions to restore, in which order (see :func:`restore_order`)."""
         async with self._sessions() as db:
             rows = await list_sessions(db, data.sandbox_id)
-            cpu_cores = await db.scalar(
-                select(ResourceTier.cpu_cores)
-                .join(Sandbox, Sandbox.resource_tier_id == ResourceTier.id)
-                .where(Sandbox.id == data.sandbox_id)
-            )
-        return SessionRestorePlan(items=restore_order(rows, data.requested), cpu_cores=cpu_cores)
+        return SessionRestorePlan(items=restore_order(rows, data.requested), cpu_cores=max(1, int(self.limits.cpus)))
+
+    @activity.defn(name=SESSION_RESTORE_FINISH.name)
+    async def finish(self, sandbox_id: str) -> None:
+        """The restore ended: its session importer goes (it would end itself later anyway)."""
+        await asyncio.to_thread(self.engine.remove_importer, sandbox_id)
 
     @activity.defn(name=SESSION_RESTORE_SAVE_PROGRESS.name)
     async def save_progress(self, data: SaveRestoreProgressInput) -> None:
@@ -146,7 +154,8 @@ class SessionRestoreActivities:
         """``opencode import`` of ``export`` in the sandbox's container (the file goes in over stdin)."""
         body = _json_bytes(export)
         try:
-            result = await asyncio.to_thread(self.engine.run_with_stdin, sandbox_id, IMPORT_COMMAND, body)
+            await asyncio.to_thread(self.engine.ensure_importer, sandbox_id, self.limits)
+            result = await asyncio.to_thread(self.engine.run_in_importer, sandbox_id, IMPORT_COMMAND, body)
         except (ContainerGone, ContainerNotRunning) as error:
             raise _stopped(str(error)) from error
         except DockerEngineError as error:

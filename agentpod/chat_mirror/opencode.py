@@ -537,24 +537,12 @@ class OpenCodeStream:
         kind = frame.get("type")
         if kind == "server.connected":
             report = await self.mirror.reconcile(client)
-            if report.sessions_missing_upstream and self._restore is not None:
-                await self._request_restore(report)
+            await ask_for_lost_sessions(self._restore, report, self.label)
             return report
         if kind == "server.heartbeat":
             return False
         await self.mirror.feed(frame)
         return True
-
-    async def _request_restore(self, report: ReconcileReport) -> None:
-        """Ask for the lost sessions back; the stream goes on whatever happens (the next reconcile asks again)."""
-        assert self._restore is not None
-        try:
-            await self._restore()
-        except Exception as error:  # e.g. Temporal unreachable
-            log.warning(
-                "%s: restore of %d lost sessions not requested: %s", self.label, report.sessions_missing_upstream, error
-            )
-            report.notes.append(f"restore not requested: {type(error).__name__}: {error}"[:300])
 
     async def disconnected(self) -> None:
         """Write what the lost connection delivered; a database error keeps it buffered for the next flush."""
@@ -566,4 +554,18 @@ class OpenCodeStream:
         await commit_sync_status(self._sessions, ChatSyncState, self.mirror.sandbox_id, status)
 
 
-__all__ = ["OpenCodeMirror", "OpenCodeStream", "judge_upstream"]
+async def ask_for_lost_sessions(
+    restore: Callable[[], Awaitable[None]] | None, report: ReconcileReport, label: str
+) -> None:
+    """After a reconcile: when it found sessions we hold that OpenCode lacks, ask ``restore`` for them back.
+    Whatever happens the caller goes on (the next reconcile asks again); a failure becomes a report note."""
+    if not report.sessions_missing_upstream or restore is None:
+        return
+    try:
+        await restore()
+    except Exception as error:  # e.g. Temporal unreachable
+        log.warning("%s: restore of %d lost sessions not requested: %s", label, report.sessions_missing_upstream, error)
+        report.notes.append(f"restore not requested: {type(error).__name__}: {error}"[:300])
+
+
+__all__ = ["OpenCodeMirror", "OpenCodeStream", "ask_for_lost_sessions", "judge_upstream"]

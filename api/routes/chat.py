@@ -153,6 +153,14 @@ def invalid_cursor(error: InvalidCursor, parameter: str) -> BadRequest:
     return BadRequest(str(error), code="invalid_cursor", details={"parameter": parameter})
 
 
+def session_cursor(cursor: str | None) -> SessionKey | None:
+    """The position a session list's ``cursor`` names (``None``: the first page); 400 when it is not ours."""
+    try:
+        return SessionKey.decode(cursor) if cursor else None
+    except InvalidCursor as error:
+        raise invalid_cursor(error, "cursor") from None
+
+
 def _upstream_id(session: ChatSession) -> str:
     if session.source != "opencode" or not session.opencode_session_id:
         raise Conflict("only OpenCode sessions take prompts here", code="not_an_opencode_session")
@@ -184,10 +192,7 @@ async def list_sessions(
     cursor: Cursor = None,
 ) -> ChatSessionList:
     """The sandbox's sessions, most recently active first; subagent sessions only with ``include_children``."""
-    try:
-        after = SessionKey.decode(cursor) if cursor else None
-    except InvalidCursor as error:
-        raise invalid_cursor(error, "cursor") from None
+    after = session_cursor(cursor)
     page = await chat.list_sessions(
         db, sandbox.id, status=status_filter, include_children=include_children, limit=limit, after=after
     )

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from agentpod.store import chat, sandboxes, user_chats
-from agentpod.store.chat import InvalidCursor, SessionKey, SessionStatus
+from agentpod.store.chat import SessionStatus
 from api.audit import AuditEntry, audit
 from api.deps import CurrentUser, DbSession, OwnedUserChatSession
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict, NotFound
@@ -24,9 +24,9 @@ from api.routes.chat import (
     Cursor,
     Limit,
     MessageLimit,
-    invalid_cursor,
     message_page_response,
     page_fields,
+    session_cursor,
 )
 from api.schemas.chat import (
     ChatMessagePage,
@@ -83,10 +83,7 @@ async def list_sessions(
     cursor: Cursor = None,
 ) -> UserChatSessionList:
     """Your sessions in every sandbox, live and deleted, most recently active first; each names its sandbox."""
-    try:
-        after = SessionKey.decode(cursor) if cursor else None
-    except InvalidCursor as error:
-        raise invalid_cursor(error, "cursor") from None
+    after = session_cursor(cursor)
     page = await user_chats.list_sessions(
         db,
         user.id,

@@ -6,7 +6,9 @@ idempotency (a session OpenCode holds is never imported again).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +19,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.testing import ActivityEnvironment
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
 from activities.session_restore import IMPORT_COMMAND, SessionRestoreActivities
 from agentpod.chat_mirror.opencode import OpenCodeMirror
@@ -30,8 +34,9 @@ from agentpod.chat_mirror.restore import (
     session_export,
     upstream_covers,
 )
-from agentpod.clients.docker_engine import ExecResult
+from agentpod.clients.docker_engine import ExecResult, ImporterLimits
 from agentpod.clients.opencode import OpenCodeNotFound
+from agentpod.domain.chat import SyncTarget
 from agentpod.domain.session_restore import (
     RestoreOutcome,
     RestoreSessionInput,
@@ -40,7 +45,9 @@ from agentpod.domain.session_restore import (
 from agentpod.settings import Settings
 from agentpod.store.chat_sync import SessionRow, find_session, load_messages
 from agentpod.store.tables import ChatSession, Sandbox
+from tests.fakes.opencode_server import OpenCodeProcess
 from tests.helpers import Owner, make_owner
+from workflows.ids import session_restore_workflow_id
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
 SES = "ses_de99cb776ffeanXOCVNaqIDQUa"
@@ -112,8 +119,16 @@ class FakeEngine:
     def __init__(self, agent: FakeOpenCode) -> None:
         self.agent = agent
         self.imports: list[JSON] = []
+        self.importers: set[str] = set()
 
-    def run_with_stdin(self, sandbox_id: str, command: Sequence[str], stdin: bytes) -> ExecResult:
+    def ensure_importer(self, sandbox_id: str, limits: ImporterLimits) -> None:
+        self.importers.add(sandbox_id)
+
+    def remove_importer(self, sandbox_id: str) -> None:
+        self.importers.discard(sandbox_id)
+
+    def run_in_importer(self, sandbox_id: str, command: Sequence[str], stdin: bytes) -> ExecResult:
+        assert sandbox_id in self.importers, "an import runs in the sandbox's importer, started first"
         assert tuple(command) == IMPORT_COMMAND
         export = json.loads(stdin)
         self.imports.append(export)
@@ -343,7 +358,7 @@ async def test_a_lost_session_is_imported_once_then_found_present(
 
     plan = await env.run(activities.plan, SessionRestorePlanInput(sandbox_id=owner.sandbox_id))
     assert [item.session_id for item in plan.items] == [SES, CHILD]  # the parent first
-    assert plan.cpu_cores == 1  # the starter tier: one import at a time
+    assert plan.cpu_cores == int(settings.session_restore_cpus)  # imports at once: the importer's CPUs
     for item in plan.items:
         result = await env.run(
             activities.restore_session, RestoreSessionInput(sandbox_id=owner.sandbox_id, session_id=item.session_id)
@@ -351,6 +366,8 @@ async def test_a_lost_session_is_imported_once_then_found_present(
         assert result.outcome == RestoreOutcome.RESTORED and result.messages > 0
     assert [export["info"]["id"] for export in engine.imports] == [SES, CHILD]
     assert engine.imports[1]["info"]["parentID"] == SES
+    await env.run(activities.finish, owner.sandbox_id)
+    assert engine.importers == set()  # the importer container goes with the restore
     assert set((await flags(sessions, owner)).values()) == {None}
     original = snapshot()
     for session_id in (SES, CHILD):
@@ -376,3 +393,33 @@ async def test_a_stopped_sandbox_stops_the_restore(
         )
     assert getattr(raised.value, "type", None) == "SandboxNotRunning" and getattr(raised.value, "non_retryable", False)
     assert engine.imports == []
+
+
+# --------------------------------------------------------------------------- who asks for a restore
+
+
+@pytest.mark.temporal
+async def test_a_reconcile_that_finds_lost_sessions_starts_their_restore(
+    sessions: async_sessionmaker[AsyncSession],
+    owner: Owner,
+    settings: Settings,
+    opencode: OpenCodeProcess,
+    temporal_dev_env: WorkflowEnvironment,
+) -> None:
+    """"Sync now" and the periodic reconcile (not only the stream's reconnect) ask for lost sessions back."""
+    await mirror(sessions, owner).reconcile(FakeOpenCode())  # we hold the snapshot; this OpenCode is empty
+    resources = WorkerResources(settings=settings, sessions=sessions, temporal=temporal_dev_env.client)
+    target = SyncTarget(sandbox_id=owner.sandbox_id, user_id=owner.user_id, opencode_url=opencode.base_url)
+    queue = f"restore-{uuid.uuid4().hex[:8]}"  # no worker polls it: the restore waits there, started
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, task_queue=queue)
+
+    report = await env.run(OpenCodeSyncActivities(resources).reconcile, target)
+
+    assert report.sessions_missing_upstream == 2
+    handle = temporal_dev_env.client.get_workflow_handle(session_restore_workflow_id(owner.sandbox_id))
+    try:
+        described = await handle.describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING and described.task_queue == queue
+    finally:
+        await handle.terminate("test over")

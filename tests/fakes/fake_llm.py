@@ -24,7 +24,7 @@ Requests without tools whose system prompt mentions a title (OpenCode's title ge
 
 In-process::
 
-    llm = FakeLLM.start()          # 127.0.0.1, free port, background thread
+    llm = FakeLLM.start()          # 127.0.0.1, free port, background thread (require_key="k": 401 for others)
     llm.base_url                   # "http://127.0.0.1:PORT/v1" -> the provider's baseURL
     llm.stop()
 
@@ -33,31 +33,56 @@ By hand: ``python -m tests.fakes.fake_llm PORT [--host 0.0.0.0]`` (``0.0.0.0`` l
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
-MODEL_ID = "fake-model"
-PLAIN_REPLY = "Hello from the fake LLM. This reply is streamed."
-REASONING = "Let me think about this step by step."
-REASONED_REPLY = "After thinking: the answer is 42."
-TOOL_PREAMBLE = "Running a command."
-TOOL_COMMAND = "echo hello-from-tool"
-TITLE = "Fake title"
-BURST_DEFAULT = 2000
+from tests.fakes._fake_server import (
+    BURST_DEFAULT,
+    MODEL_ID,
+    PLAIN_REPLY,
+    REASONED_REPLY,
+    REASONING,
+    TITLE,
+    TOOL_COMMAND,
+    TOOL_DESCRIPTION,
+    TOOL_PREAMBLE,
+    FakeHandler,
+    FakeServer,
+    Frame,
+    RecordedRequest,
+    Script,
+    choose,
+    in_pieces,
+    serve_main,
+    tool_result_script,
+)
 
-_BURST = re.compile(r"BURST(?:\s+(\d+))?")
+__all__ = [
+    "BURST_DEFAULT",
+    "MODEL_ID",
+    "PLAIN_REPLY",
+    "REASONED_REPLY",
+    "REASONING",
+    "TITLE",
+    "TOOL_COMMAND",
+    "TOOL_PREAMBLE",
+    "FakeLLM",
+    "Plan",
+    "RecordedRequest",
+    "completion_body",
+    "is_title_request",
+    "plan_for",
+]
 
 # One streamed chunk: (delta, finish_reason); the delay between chunks belongs to the whole plan.
 Delta = dict[str, Any]
+
+_DELTA_KEYS = {"text": "content", "reasoning": "reasoning_content"}
 
 
 @dataclass
@@ -71,20 +96,6 @@ class Plan:
     delay: float = 0.0
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the fake received, and what it chose to do."""
-
-    path: str
-    body: dict[str, Any]
-    behaviour: str
-    status: int
-
-    @property
-    def last_user_text(self) -> str:
-        return _last_user_text(self.body.get("messages", []))
-
-
 def _text_of(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, list):
@@ -96,15 +107,34 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
-def _words(text: str, key: str = "content") -> list[tuple[Delta, str | None]]:
-    return [({key: word + " "}, None) for word in text.split(" ")]
-
-
 def is_title_request(body: dict[str, Any]) -> bool:
     """OpenCode's title generation: no tools, and a system prompt about titles."""
     messages = body.get("messages", [])
     system = " ".join(_text_of(m) for m in messages if m.get("role") == "system").lower()
     return not body.get("tools") and "title" in system
+
+
+def _tool_call_chunks() -> list[tuple[Delta, str | None]]:
+    args = json.dumps({"command": TOOL_COMMAND, "description": TOOL_DESCRIPTION})
+    call_id = "call_" + uuid.uuid4().hex[:12]
+    chunks: list[tuple[Delta, str | None]] = [({"role": "assistant", "content": TOOL_PREAMBLE}, None)]
+    start = {"index": 0, "id": call_id, "type": "function", "function": {"name": "bash", "arguments": ""}}
+    chunks.append(({"tool_calls": [start]}, None))
+    for piece in in_pieces(args):
+        chunks.append(({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None))
+    chunks.append(({}, "tool_calls"))
+    return chunks
+
+
+def _plan(script: Script) -> Plan:
+    """A :class:`Script` in chat-completions terms."""
+    if script.status != 200:
+        kind = "invalid_request_error" if script.status == 400 else "server_error"
+        return Plan(script.behaviour, script.status, {"error": {"message": script.message, "type": kind}})
+    if script.tool_call:
+        return Plan(script.behaviour, chunks=_tool_call_chunks(), delay=script.delay)
+    chunks: list[tuple[Delta, str | None]] = [({_DELTA_KEYS[kind]: text}, None) for kind, text in script.pieces]
+    return Plan(script.behaviour, chunks=chunks, delay=script.delay)
 
 
 def plan_for(body: dict[str, Any], seen: Counter[str] | None = None) -> Plan:
@@ -113,48 +143,14 @@ def plan_for(body: dict[str, Any], seen: Counter[str] | None = None) -> Plan:
     ``seen`` counts earlier requests per prompt text (for ``RETRY``); it is updated here.
     """
     messages: list[dict[str, Any]] = body.get("messages", [])
-    last_user = _last_user_text(messages)
     last_role = messages[-1].get("role") if messages else "user"
-    seen = Counter() if seen is None else seen
 
     if is_title_request(body):
         return Plan("title", chunks=[({"role": "assistant", "content": TITLE}, None)])
     if last_role == "tool":
-        output = _text_of(messages[-1]).strip()[:60]
-        return Plan("tool_result", chunks=_words(f"The tool said: {output}. Done."), delay=0.005)
-    if "ERROR400" in last_user:
-        error = {"error": {"message": "fake bad request", "type": "invalid_request_error"}}
-        return Plan("error400", status=400, error=error)
-    if "RETRY" in last_user:
-        seen[last_user] += 1
-        if seen[last_user] == 1:
-            status = 429 if "RETRY429" in last_user else 503
-            error = {"error": {"message": f"fake upstream failure {status}", "type": "server_error"}}
-            return Plan("retry_fail", status=status, error=error)
-        return Plan("retry_ok", chunks=_words(PLAIN_REPLY), delay=0.005)
-    if "TOOL" in last_user and body.get("tools"):
-        args = json.dumps({"command": TOOL_COMMAND, "description": "Echo a greeting"})
-        call_id = "call_" + uuid.uuid4().hex[:12]
-        chunks: list[tuple[Delta, str | None]] = [({"role": "assistant", "content": TOOL_PREAMBLE}, None)]
-        start = {"index": 0, "id": call_id, "type": "function", "function": {"name": "bash", "arguments": ""}}
-        chunks.append(({"tool_calls": [start]}, None))
-        # Arguments arrive in pieces, as real providers stream them.
-        for i in range(0, len(args), 16):
-            chunks.append(({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 16]}}]}, None))
-        chunks.append(({}, "tool_calls"))
-        return Plan("tool_call", chunks=chunks, delay=0.005)
-    if "REASON" in last_user:
-        chunks = _words(REASONING, "reasoning_content") + _words(REASONED_REPLY)
-        return Plan("reason", chunks=chunks, delay=0.005)
-    if "SLOW" in last_user:
-        return Plan("slow", chunks=[({"content": f"s{i} "}, None) for i in range(100)], delay=0.1)
-    if "LONG" in last_user:
-        return Plan("long", chunks=[({"content": f"w{i} "}, None) for i in range(400)], delay=0.005)
-    burst = _BURST.search(last_user)
-    if burst:
-        n = int(burst.group(1) or BURST_DEFAULT)
-        return Plan("burst", chunks=[({"content": f"b{i} "}, None) for i in range(n)])
-    return Plan("plain", chunks=_words(PLAIN_REPLY), delay=0.005)
+        return _plan(tool_result_script(_text_of(messages[-1]).strip()[:60]))
+    seen = Counter() if seen is None else seen
+    return _plan(choose(_last_user_text(messages), seen, tool=bool(body.get("tools"))))
 
 
 def completion_body(plan: Plan, model: str) -> dict[str, Any]:
@@ -186,167 +182,65 @@ def completion_body(plan: Plan, model: str) -> dict[str, Any]:
     }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeLLM
+def _frames(plan: Plan, model: str) -> Iterator[Frame]:
+    cid = "chatcmpl-" + uuid.uuid4().hex[:10]
+    created = int(time.time())
+    chunks = list(plan.chunks)
+    if not chunks or chunks[-1][1] is None:
+        chunks.append(({}, "stop"))
+    for delta, finish in chunks:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
+        yield None, chunk, plan.delay
+    usage = {"prompt_tokens": 100, "completion_tokens": len(chunks), "total_tokens": 100 + len(chunks)}
+    yield None, {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [], "usage": usage}, 0.0  # fmt: skip
+    yield None, "[DONE]", 0.0
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+class _Handler(FakeHandler):
+    def user_text(self, body: dict[str, Any]) -> str:
+        return _last_user_text(body.get("messages", []))
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
-            self._json(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
+        if self.route.endswith("/models"):
+            self.send_json(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
         else:
-            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            self.send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     def do_POST(self) -> None:
-        fake = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        try:
-            body = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
-            self._json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+        body = self.read_json()
+        if body is None or not self.authorized(body):
             return
-        if not self.path.rstrip("/").endswith("/chat/completions"):
-            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+        if not self.route.endswith("/chat/completions"):
+            self.send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
-        plan = fake.plan(body)
-        fake.record(RecordedRequest(self.path, body, plan.behaviour, plan.status))
+        plan = cast(FakeLLM, self.fake).plan(body)
+        self.record(body, plan.behaviour, plan.status, main=plan.behaviour != "title")
+        model = str(body.get("model", MODEL_ID))
         if plan.error is not None:
-            self._json(plan.status, plan.error)
+            self.send_json(plan.status, plan.error)
         elif body.get("stream"):
-            self._stream(plan, str(body.get("model", MODEL_ID)), fake.stopping)
+            self.send_stream(_frames(plan, model))
         else:
-            self._json(200, completion_body(plan, str(body.get("model", MODEL_ID))))
-
-    def _stream(self, plan: Plan, model: str, stopping: threading.Event) -> None:
-        cid = "chatcmpl-" + uuid.uuid4().hex[:10]
-        created = int(time.time())
-        chunks = list(plan.chunks)
-        if not chunks or chunks[-1][1] is None:
-            chunks.append(({}, "stop"))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("cache-control", "no-cache")
-        # No chunked encoding: the body ends when the connection closes, like many real providers.
-        self.send_header("connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            for delta, finish in chunks:
-                if stopping.is_set():
-                    return
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                self._event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                             "choices": [choice]})  # fmt: skip
-                if plan.delay:
-                    time.sleep(plan.delay)
-            usage = {"prompt_tokens": 100, "completion_tokens": len(chunks), "total_tokens": 100 + len(chunks)}
-            self._event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [], "usage": usage})  # fmt: skip
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            # The client (OpenCode) aborted the reply or died: nothing to clean up.
-            return
-
-    def _event(self, obj: dict[str, Any]) -> None:
-        self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-        self.wfile.flush()
-
-    def _json(self, status: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            self.send_json(200, completion_body(plan, model))
 
 
-class FakeLLM:
-    """The fake served from a background thread; see the module docstring for behaviours."""
+class FakeLLM(FakeServer):
+    """The fake served from a background thread; see the module docstring for behaviours.
 
-    def __init__(self, server: _Server) -> None:
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-llm", daemon=True)
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
-        self._seen: Counter[str] = Counter()
-        self.stopping = threading.Event()
-        server.fake = self
+    ``FakeLLM.start(host="127.0.0.1", port=0, *, require_key=None)``; ``base_url`` ends in ``/v1``.
+    """
 
-    @classmethod
-    def start(cls, host: str = "127.0.0.1", port: int = 0) -> FakeLLM:
-        """Listen on ``host:port`` (0 = a free port) and serve in a daemon thread."""
-        fake = cls(_Server((host, port), _Handler))
-        fake._thread.start()
-        return fake
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL (ends in ``/v1``) for the provider's ``baseURL`` option."""
-        host = str(self._server.server_address[0])
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}/v1"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A snapshot of the requests received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    def requests_for(self, keyword: str) -> list[RecordedRequest]:
-        """Non-title requests whose last user message contains ``keyword``."""
-        return [r for r in self.requests if r.behaviour != "title" and keyword in r.last_user_text]
+    handler_class = _Handler
+    label = "fake LLM"
 
     def plan(self, body: dict[str, Any]) -> Plan:
-        with self._lock:
-            return plan_for(body, self._seen)
-
-    def record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def clear(self) -> None:
-        """Forget recorded requests and RETRY counts."""
-        with self._lock:
-            self._requests.clear()
-            self._seen.clear()
-
-    def stop(self) -> None:
-        """Stop serving; replies still streaming end at their next chunk."""
-        self.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeLLM:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.decide(plan_for, body)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible LLM for OpenCode tests.")
-    parser.add_argument("port", type=int, nargs="?", default=18080)
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let containers reach it")
-    args = parser.parse_args(argv)
-    fake = FakeLLM.start(args.host, args.port)
-    sys.stdout.write(f"fake LLM on {args.host}:{fake.port}, baseURL {fake.base_url}\n")
-    sys.stdout.flush()
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        fake.stop()
+    serve_main(FakeLLM, "Fake OpenAI-compatible LLM for OpenCode tests.", 18080, argv)
 
 
 if __name__ == "__main__":

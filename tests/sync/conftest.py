@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
@@ -27,7 +29,11 @@ from agentpod.clients.opencode import JSON, OpenCodeClient
 from agentpod.domain.chat import StreamSegmentInput, StreamSegmentResult, SyncStatus, SyncTarget
 from agentpod.settings import Settings
 from agentpod.store.tables import ChatMessage, ChatSession
+from tests.docker_helpers import use_fake_llm_in_sandboxes
+from tests.fakes.fake_llm import FakeLLM
 from tests.helpers import Owner, eventually
+from tests.workflows import conftest as workflow_stack
+from tests.workflows.conftest import Stack
 
 T = TypeVar("T")
 
@@ -43,6 +49,28 @@ ABORTED = "MessageAbortedError"
 def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     """Heartbeats (the status tests watch) every 0.2 s instead of 5 s; the stream logic is unchanged."""
     monkeypatch.setattr(stream_segment, "HEARTBEAT_SECONDS", 0.2)
+
+
+# The running stack of tests/workflows (dev server, worker, API in-process, Docker), for the
+# end-to-end modules here; requested by name, so the unit-level modules never start it.
+stack = workflow_stack.stack
+secrets_provider = workflow_stack.secrets_provider
+
+
+@pytest.fixture
+def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The installation's agent config: the fake provider, addressed through the bridge gateway."""
+    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port)
+
+
+@pytest_asyncio.fixture
+async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIterator[Stack]:
+    """The stack with sandbox agents on the fake LLM; ends every sync workflow it started."""
+    assert stack.settings.agent_base_config == agent_base_config
+    try:
+        yield stack
+    finally:
+        await stack.end_chat_mirrors()
 
 
 # --------------------------------------------------------------------------- waiting

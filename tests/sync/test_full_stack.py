@@ -9,12 +9,10 @@ follows the new address) and the sandbox being stopped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowExecutionStatus
 
@@ -23,11 +21,9 @@ from agentpod.domain.sandbox import container_name
 from agentpod.security.keyring import load_keyring
 from agentpod.security.sandbox_secrets import opencode_passwords
 from api.routes import ROUTERS
-from tests.docker_helpers import use_fake_llm_in_sandboxes
-from tests.fakes.fake_llm import PLAIN_REPLY, FakeLLM
+from tests.fakes.fake_llm import PLAIN_REPLY
 from tests.helpers import auth_header, eventually, sign_up
 from tests.sync.conftest import assert_mirrored, prompt_and_wait, stored_session
-from tests.workflows import conftest as workflow_stack
 from tests.workflows.conftest import Stack
 from workflows.ids import sandbox_sync_workflow_id, sandbox_workflow_id
 from workflows.sandbox import SandboxWorkflow
@@ -39,30 +35,11 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["postgres"], indirect=True),
 ]
 
-# The running stack of tests/workflows (dev server, worker, API in-process, Docker).
-stack = workflow_stack.stack
-secrets_provider = workflow_stack.secrets_provider
 
 BASE = "/api/v2/sandboxes"
 CHAT_SESSIONS = BASE + "/{sandbox_id}/chat/sessions"
 # Container start + first prompt in a fresh agent are slow-ish; the sync must keep up within this.
 SYNC_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The installation's agent config: the fake provider, addressed through the bridge gateway."""
-    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port)
-
-
-@pytest_asyncio.fixture
-async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIterator[Stack]:
-    """The stack with sandbox agents on the fake LLM; ends every sync workflow it started."""
-    assert stack.settings.agent_base_config == agent_base_config
-    try:
-        yield stack
-    finally:
-        await stack.end_chat_mirrors()
 
 
 def _passwords(stack: Stack, sandbox_id: str) -> list[str]:

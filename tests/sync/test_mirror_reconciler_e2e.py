@@ -5,11 +5,7 @@ looks imported from Docker labels (no address stored: the pass reads the contain
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
-import pytest_asyncio
 from sqlalchemy import update
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
@@ -19,11 +15,8 @@ from agentpod.domain.mirror_reconciler import MirrorReconcileReport
 from agentpod.security.keyring import load_keyring
 from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.store.tables import Sandbox
-from tests.docker_helpers import use_fake_llm_in_sandboxes
-from tests.fakes.fake_llm import FakeLLM
 from tests.helpers import eventually
 from tests.sync.conftest import assert_mirrored, prompt_and_wait
-from tests.workflows import conftest as workflow_stack
 from tests.workflows.conftest import Stack
 from workflows.ids import acp_sync_workflow_id, sandbox_sync_workflow_id
 from workflows.mirror_reconciler_client import start_reconcile_pass
@@ -34,24 +27,8 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["postgres"], indirect=True),
 ]
 
-stack = workflow_stack.stack
-secrets_provider = workflow_stack.secrets_provider
 
 SYNC_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port)
-
-
-@pytest_asyncio.fixture
-async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIterator[Stack]:
-    assert stack.settings.agent_base_config == agent_base_config
-    try:
-        yield stack
-    finally:
-        await stack.end_chat_mirrors()
 
 
 async def _status(stack: Stack, workflow_id: str) -> WorkflowExecutionStatus | None:

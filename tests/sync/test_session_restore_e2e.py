@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import pytest_asyncio
 from docker.errors import NotFound
 from temporalio.client import WorkflowExecutionStatus
 
@@ -25,11 +23,9 @@ from agentpod.clients.opencode import OpenCodeClient, OpenCodeNotFound
 from agentpod.domain.sandbox import container_name, volume_names
 from agentpod.security.keyring import load_keyring
 from agentpod.security.sandbox_secrets import opencode_passwords
-from tests.docker_helpers import use_fake_llm_in_sandboxes
 from tests.fakes.fake_llm import FakeLLM
 from tests.helpers import eventually
 from tests.sync.conftest import assert_mirrored, count_rows, stored_session, wait_turn
-from tests.workflows import conftest as workflow_stack
 from tests.workflows.conftest import Stack
 from workflows.ids import session_restore_workflow_id
 
@@ -39,28 +35,12 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["postgres"], indirect=True),
 ]
 
-stack = workflow_stack.stack
-secrets_provider = workflow_stack.secrets_provider
 
 BASE = "/api/v2/sandboxes"
 SYNC_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 60.0
 
 log = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def agent_base_config(bridge_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    return use_fake_llm_in_sandboxes(monkeypatch, bridge_llm.port)
-
-
-@pytest_asyncio.fixture
-async def sync_stack(agent_base_config: dict[str, Any], stack: Stack) -> AsyncIterator[Stack]:
-    assert stack.settings.agent_base_config == agent_base_config
-    try:
-        yield stack
-    finally:
-        await stack.end_chat_mirrors()
 
 
 async def _sandbox(stack: Stack, sandbox_id: str) -> dict[str, Any]:
