@@ -1,13 +1,14 @@
 """The session restore's activities: plan it, restore one session, publish the progress.
 
 Restoring a session = rebuild it in OpenCode's export format from our stored rows
-(:mod:`agentpod.chat_mirror.restore`), send the file over ``docker exec`` stdin into the sandbox's session
-importer (a container beside the sandbox with its data volume, see
-:meth:`~agentpod.clients.docker_engine.DockerEngine.ensure_importer`; ``/tmp`` is a tmpfs there) and run
-``opencode import`` as the agent's user; OpenCode writes it straight into its store, with the same session,
-message and part ids, while the sandbox's server runs. The importer goes when the restore ends. Then the
-mirror reconciles the session, which clears its ``missing_upstream_at`` flag: the
-chat API takes prompts for it again, and the next prompt sends the whole earlier conversation.
+(:mod:`agentpod.chat_mirror.restore`) and write it into OpenCode's store in the container, as the agent's
+user, with the same session, message and part ids, while its server runs. The fast way is
+``store_import.js`` (the rows ``opencode import`` writes, inserted by the OpenCode binary running as a plain
+Bun runtime: ~50 ms, where each ``opencode import`` spends 2 CPU-seconds starting OpenCode). When the store's
+tables are not the ones that script knows (another OpenCode release), ``opencode import`` itself runs: the
+file goes over ``docker exec`` stdin into ``/tmp`` (a tmpfs: the root filesystem is read-only). Then the
+mirror reconciles the session, which clears its ``missing_upstream_at`` flag: the chat API takes prompts
+for it again, and the next prompt sends the whole earlier conversation.
 
 Idempotent: a session OpenCode already holds whole (every message and part of ours) is not imported
 again; an import interrupted half way is completed by the next attempt (the import skips what exists).
@@ -18,24 +19,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from importlib import resources
 from typing import Any
 
+from sqlalchemy import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.resources import WorkerResources, heartbeating
 from agentpod.chat_mirror.opencode import OpenCodeMirror
 from agentpod.chat_mirror.opencode_mapping import EPOCH
-from agentpod.chat_mirror.restore import expected_parts, restore_order, session_export, upstream_covers
-from agentpod.clients.docker_engine import ContainerGone, ContainerNotRunning, DockerEngineError, ImporterLimits
+from agentpod.chat_mirror.restore import expected_parts, restore_order, session_export, store_place, upstream_covers
+from agentpod.clients.docker_engine import ContainerGone, ContainerNotRunning, DockerEngineError, ExecResult
 from agentpod.clients.opencode import OpenCodeClient, OpenCodeNotFound
 from agentpod.domain.chat import SyncStatus
-from agentpod.domain.contracts import (
-    SESSION_RESTORE_FINISH,
-    SESSION_RESTORE_PLAN,
-    SESSION_RESTORE_SAVE_PROGRESS,
-    SESSION_RESTORE_SESSION,
-)
+from agentpod.domain.contracts import SESSION_RESTORE_PLAN, SESSION_RESTORE_SAVE_PROGRESS, SESSION_RESTORE_SESSION
 from agentpod.domain.session_restore import (
     RestoreOutcome,
     RestoreSessionInput,
@@ -48,7 +46,7 @@ from agentpod.security.sandbox_secrets import opencode_passwords
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import find_session, list_sessions, load_messages
 from agentpod.store.sync_state import commit_sync_status
-from agentpod.store.tables import ChatSyncState, Sandbox
+from agentpod.store.tables import ChatSyncState, ResourceTier, Sandbox
 from workflows.session_restore import SANDBOX_NOT_RUNNING
 
 HEARTBEAT_SECONDS = 2.0
@@ -58,6 +56,16 @@ IMPORT_SCRIPT = (
     'f="/tmp/agentpod-restore-$$.json"; trap \'rm -f "$f"\' EXIT; umask 077; cat > "$f" && opencode import --pure "$f"'
 )
 IMPORT_COMMAND = ("sh", "-c", IMPORT_SCRIPT)
+# The same rows without starting OpenCode (see store_import.js); stdin: {"project": ..., "export": ...}.
+STORE_IMPORT_COMMAND = (
+    "env",
+    "BUN_BE_BUN=1",
+    "opencode",
+    "-e",
+    resources.files("agentpod.chat_mirror").joinpath("store_import.js").read_text(),
+)
+# store_import.js's exit code for tables it does not know.
+UNKNOWN_STORE = 3
 
 OpenCodeFactory = Callable[[str, Sequence[str]], OpenCodeClient]
 
@@ -74,26 +82,24 @@ class SessionRestoreActivities:
         self._sessions = resources.sessions
         self._keys = resources.keys
         self.engine = resources.docker_engine()
-        settings = resources.settings
-        self.limits = ImporterLimits(cpus=settings.session_restore_cpus, memory_mb=settings.session_restore_memory_mb)
         # Tests substitute fakes for the engine and for OpenCode.
         self.opencode: OpenCodeFactory = OpenCodeClient
 
     def all(self) -> list[Callable[..., Any]]:
         """The activities this class provides."""
-        return [self.plan, self.restore_session, self.save_progress, self.finish]
+        return [self.plan, self.restore_session, self.save_progress]
 
     @activity.defn(name=SESSION_RESTORE_PLAN.name)
     async def plan(self, data: SessionRestorePlanInput) -> SessionRestorePlan:
         """Which sessions to restore, in which order (see :func:`restore_order`)."""
         async with self._sessions() as db:
             rows = await list_sessions(db, data.sandbox_id)
-        return SessionRestorePlan(items=restore_order(rows, data.requested), cpu_cores=max(1, int(self.limits.cpus)))
-
-    @activity.defn(name=SESSION_RESTORE_FINISH.name)
-    async def finish(self, sandbox_id: str) -> None:
-        """The restore ended: its session importer goes (it would end itself later anyway)."""
-        await asyncio.to_thread(self.engine.remove_importer, sandbox_id)
+            cpu_cores = await db.scalar(
+                select(ResourceTier.cpu_cores)
+                .join(Sandbox, Sandbox.resource_tier_id == ResourceTier.id)
+                .where(Sandbox.id == data.sandbox_id)
+            )
+        return SessionRestorePlan(items=restore_order(rows, data.requested), cpu_cores=cpu_cores)
 
     @activity.defn(name=SESSION_RESTORE_SAVE_PROGRESS.name)
     async def save_progress(self, data: SaveRestoreProgressInput) -> None:
@@ -132,7 +138,8 @@ class SessionRestoreActivities:
                 await mirror.reconcile_session(client, session_id)
                 return SessionRestoreResult(session_id=session_id, outcome=RestoreOutcome.PRESENT)
             export = session_export(row, contents, version=await client.version() or "unknown", now=utcnow())
-            await self._import(sandbox_id, session_id, export)
+            place = store_place(await client.current_project(), await client.paths())
+            await self._import(sandbox_id, session_id, export, place)
             if not await self._holds(client, session_id, expected):
                 raise ApplicationError(f"after the import OpenCode still lacks messages of {session_id}")
             # Our rows take OpenCode's copy (same ids) and the missing-upstream flag clears.
@@ -150,20 +157,25 @@ class SessionRestoreActivities:
         except OpenCodeNotFound:
             return False
 
-    async def _import(self, sandbox_id: str, session_id: str, export: dict[str, Any]) -> None:
-        """``opencode import`` of ``export`` in the sandbox's container (the file goes in over stdin)."""
-        body = _json_bytes(export)
-        try:
-            await asyncio.to_thread(self.engine.ensure_importer, sandbox_id, self.limits)
-            result = await asyncio.to_thread(self.engine.run_in_importer, sandbox_id, IMPORT_COMMAND, body)
-        except (ContainerGone, ContainerNotRunning) as error:
-            raise _stopped(str(error)) from error
-        except DockerEngineError as error:
-            raise ApplicationError(f"opencode import of {session_id}: {error}") from error  # retried
+    async def _import(self, sandbox_id: str, session_id: str, export: dict[str, Any], place: dict[str, Any]) -> None:
+        """Write ``export`` into the sandbox's OpenCode store at ``place`` (:func:`store_place`): the fast
+        script, else ``opencode import`` (the data goes in over stdin either way)."""
+        result = await self._run(sandbox_id, session_id, STORE_IMPORT_COMMAND, {"project": place, "export": export})
+        if result.exit_code == UNKNOWN_STORE:
+            activity.logger.warning("OpenCode's store in %s is not the one we know: opencode import runs", sandbox_id)
+            result = await self._run(sandbox_id, session_id, IMPORT_COMMAND, export)
         said = (result.stdout + result.stderr).decode(errors="replace")
         # The import reports a file it cannot read on stdout and still exits 0: check what it says.
         if result.exit_code != 0 or f"Imported session: {session_id}" not in said:
             raise ApplicationError(f"opencode import of {session_id} failed ({result.exit_code}): {said[-500:]}")
+
+    async def _run(self, sandbox_id: str, session_id: str, command: Sequence[str], data: dict[str, Any]) -> ExecResult:
+        try:
+            return await asyncio.to_thread(self.engine.run_with_stdin, sandbox_id, command, _json_bytes(data))
+        except (ContainerGone, ContainerNotRunning) as error:
+            raise _stopped(str(error)) from error
+        except DockerEngineError as error:
+            raise ApplicationError(f"import of {session_id}: {error}") from error  # retried
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -108,18 +108,8 @@ class Settings(BaseSettings):
         2,
         ge=1,
         le=8,
-        description="Sessions one sandbox's restore imports at once, at most `session_restore_cpus` (each is "
-        "an `opencode import` process, one to a few CPU-seconds).",
-    )
-    session_restore_cpus: float = Field(
-        2.0,
-        ge=0.5,
-        le=16,
-        description="CPUs of a restoring sandbox's session importer: a short-lived container beside the "
-        "sandbox (no network, no capabilities) that runs the imports outside the tier's CPU quota.",
-    )
-    session_restore_memory_mb: int = Field(
-        2048, ge=256, le=65536, description="Memory limit of a restoring sandbox's session importer."
+        description="Sessions one sandbox's restore imports at once, at most its tier's CPUs (each is an "
+        "`opencode import` process in the container, one to a few CPU-seconds).",
     )
 
     api_host: str = Field("127.0.0.1", description="Interface the API binds to.")

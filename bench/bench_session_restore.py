@@ -10,9 +10,10 @@ volumes are removed (OpenCode's store is gone), and it is started again. Measure
 * **all restored**: the sync status reports the restore ``done`` with every session restored.
 
 **Baseline:** the same stop → destroy → start of a sandbox with no chats (a fresh start), in the same run.
-Two rounds: the starter tier (1 CPU) and the builder tier (2 CPUs), ``AGENTPOD_SESSION_RESTORE_CONCURRENCY`` 2:
-each import is one CPU-bound ``opencode import`` process in the container, so the restore runs at most the
-tier's CPU count at once (the most recent session first, alone).
+Two rounds: the starter tier (1 CPU) and the builder tier (2 CPUs), ``AGENTPOD_SESSION_RESTORE_CONCURRENCY`` 2
+(at most the tier's CPU count at once; the most recent session first, alone). Each session goes in through the
+fast import (``store_import.js``, tens of milliseconds); what remains per session is reading it back from
+OpenCode to check it and reconciling our rows.
 
 Targets (pick-up-where-you-left-off issue): most recent usable within 5 s; all 50 within 60 s.
 After each round OpenCode's listing must equal our store (sessions, and the most recent one's message ids).

@@ -9,10 +9,9 @@ The sandbox is ``running`` meanwhile: nothing waits for the restore.
 Steps: plan (one activity: which sessions, in which order: requested ones, then families by their latest
 activity, newest first, each parent before its children), then one idempotent activity per session (it
 checks OpenCode first: a session already there whole is not imported again): the first alone, then a
-few at a time (``concurrency``, at most the session importer's CPUs: each import is a CPU-bound process in
-that container beside the sandbox), a child never before its parent; at the end the importer goes.
-A crash resumes by replay: the loop goes on over the remaining sessions. A sandbox that stops ends the
-restore (``stopped``); the next reconcile starts it again.
+few at a time (``concurrency``, at most the sandbox's CPUs: each import is a CPU-bound process in the
+container), a child never before its parent. A crash resumes by replay: the loop goes on over the
+remaining sessions. A sandbox that stops ends the restore (``stopped``); the next reconcile starts it again.
 
 Progress: the Web UI's current details (every change), the ``progress`` query, memo ``progress`` and the
 ``AgentpodStatus`` search attribute (at start and end), and the sandbox's sync status
@@ -33,7 +32,6 @@ from workflows.activity_options import ActivityOptions, execute
 
 with workflow.unsafe.imports_passed_through():
     from agentpod.domain.contracts import (
-        SESSION_RESTORE_FINISH,
         SESSION_RESTORE_PLAN,
         SESSION_RESTORE_SAVE_PROGRESS,
         SESSION_RESTORE_SESSION,
@@ -55,7 +53,6 @@ STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("AgentpodStatus")
 # The session activity's error type when the sandbox is not running (or gone): the whole restore stops.
 SANDBOX_NOT_RUNNING = "SandboxNotRunning"
 MAX_CONCURRENCY = 8
-IMPORTER_PATCH = "session-importer"
 
 _DB = ActivityOptions(timedelta(seconds=60), RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=10)))
 # An import is one `opencode import` in the container (a second or two); a session that still fails after
@@ -110,9 +107,6 @@ class SessionRestoreWorkflow:
                 progress.state, progress.finished_at = "restoring", None
                 continue
             break
-        # Restores started before the importer existed end without this step (their history has none).
-        if workflow.patched(IMPORTER_PATCH):
-            await execute(SESSION_RESTORE_FINISH, self._sandbox_id, options=_DB)
         self._announce()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return progress
@@ -238,7 +232,7 @@ class SessionRestoreWorkflow:
         return None
 
     def _limit(self) -> int:
-        """Imports at once: the setting, at most the importer's CPUs (more would only compete for them), and
+        """Imports at once: the setting, at most the sandbox's CPUs (more would only compete for them), and
         the very first alone (the most recent session is usable soonest)."""
         if self._progress.finished == 0:
             return 1

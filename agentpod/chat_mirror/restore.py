@@ -15,6 +15,7 @@ message (and part) of ours that could be restored.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,6 +117,17 @@ def session_export(session: SessionRow, contents: Iterable[Mapping[str, Any]], *
     session_id = session.external_session_id
     messages = [export_message(content, session_id) for content in contents if restorable(content)]
     return {"info": session_info(session, messages, version=version, now=now), "messages": messages}
+
+
+def store_place(project: Mapping[str, Any], paths: Mapping[str, Any]) -> JSON:
+    """Where a restored session belongs in the running server's store, as ``opencode import`` (run in the
+    server's directory) puts it: the server's project, its directory, and that directory relative to the
+    project's worktree (``""`` when they are the same)."""
+    directory = str(paths.get("directory") or "")
+    worktree = str(project.get("worktree") or paths.get("worktree") or directory)
+    relative = posixpath.relpath(directory, worktree) if directory and worktree else ""
+    path = "" if relative == "." else relative
+    return {"id": str(project.get("id") or "global"), "directory": directory, "path": path}
 
 
 def expected_parts(contents: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:

@@ -52,7 +52,6 @@ from agentpod.domain.sandbox import (
     ContainerSpec,
     ContainerState,
     container_name,
-    importer_name,
     volume_names,
 )
 
@@ -63,8 +62,6 @@ SECRETS_PATH = "/run/agentpod"
 LABEL_MANAGED = f"{LABEL_PREFIX}managed"
 LABEL_SANDBOX_ID = f"{LABEL_PREFIX}sandbox.id"
 LABEL_SPEC_HASH = f"{LABEL_PREFIX}spec-hash"
-# On a session importer: the sandbox it imports for (not LABEL_SANDBOX_ID: it is no sandbox container).
-LABEL_IMPORTER_OF = f"{LABEL_PREFIX}importer.of"
 
 # Bump when this module changes how it builds containers (mounts, options, labels): the spec
 # hash changes with it, so the next ensure_container replaces containers built the old way.
@@ -120,16 +117,6 @@ class ContainerNotRunning(DockerEngineError):
 
 class SandboxNetworkError(DockerEngineError):
     """The isolated sandbox network or its host firewall could not be set up (an operator must act)."""
-
-
-@dataclass(frozen=True)
-class ImporterLimits:
-    """What a sandbox's session importer may use (see :meth:`DockerEngine.ensure_importer`)."""
-
-    cpus: float = 2.0
-    memory_mb: int = 2048
-    tmp_mb: int = 256
-    lifetime_seconds: int = 1800
 
 
 @dataclass(frozen=True)
@@ -542,16 +529,8 @@ class DockerEngine:
         return self.inspect(sandbox_id)
 
     def remove(self, sandbox_id: str, remove_volumes: bool) -> None:
-        """Force-remove the container (and its session importer, which holds the volumes too) and, if asked,
-        both volumes; whatever is missing is fine."""
-        self.remove_importer(sandbox_id)
-        self._remove_container(container_name(sandbox_id))
-        if not remove_volumes:
-            return
-        for volume in volume_names(sandbox_id):
-            self._remove_volume(volume)
-
-    def _remove_container(self, name: str) -> None:
+        """Force-remove the container and, if asked, both volumes; whatever is missing is fine."""
+        name = container_name(sandbox_id)
         with _engine_errors(f"remove {name}"):
             try:
                 self._api.remove_container(name, force=True)
@@ -562,6 +541,10 @@ class DockerEngine:
                     raise
                 # 409: Docker is already removing it (a retry of this very call); wait for that.
                 self._wait_gone(name)
+        if not remove_volumes:
+            return
+        for volume in volume_names(sandbox_id):
+            self._remove_volume(volume)
 
     def _wait_gone(self, name: str) -> None:
         deadline = time.monotonic() + _REMOVAL_WAIT_SECONDS
@@ -639,69 +622,6 @@ class DockerEngine:
                 f"{result.stderr.decode(errors='replace')[:500]}"
             )
 
-    # -- session importer ---------------------------------------------------------------------------
-
-    def ensure_importer(self, sandbox_id: str, limits: ImporterLimits) -> None:
-        """Start the sandbox's session importer unless it runs: a container from the sandbox's own image
-        (so the same OpenCode) beside it, with its data volume, that ``opencode import`` runs in.
-
-        Why not in the sandbox itself: each import is a new OpenCode process that spends a second or two
-        of CPU starting up, and inside the sandbox fifty of them queue behind the tier's CPU quota while
-        the agent needs it too. The importer has its own small allowance (``limits``), no network, no
-        capability, a read-only root and the workspace read-only; it ends itself after
-        ``limits.lifetime_seconds`` (``sleep``, removed on exit) if nobody removes it first.
-        Raises :class:`ContainerGone` / :class:`ContainerNotRunning` when the sandbox does not run.
-        """
-        name = importer_name(sandbox_id)
-        attrs = self._inspect_attrs(name)
-        if attrs is not None and _state(attrs).running:
-            return
-        sandbox = self._inspect_attrs(container_name(sandbox_id))
-        if sandbox is None:
-            raise ContainerGone(f"container {container_name(sandbox_id)} does not exist")
-        if not _state(sandbox).running:
-            raise ContainerNotRunning(f"container {container_name(sandbox_id)} is not running")
-        if attrs is not None:
-            self._remove_container(name)  # an importer that ended: its name is still taken
-        workspace, data = volume_names(sandbox_id)
-        api = self._api
-        with _engine_errors(f"start the session importer of {sandbox_id}"):
-            host_config = api.create_host_config(
-                binds={workspace: {"bind": WORKSPACE_PATH, "mode": "ro"}, data: {"bind": DATA_PATH, "mode": "rw"}},
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m"},
-                read_only=True,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true"],
-                network_mode="none",
-                nano_cpus=round(limits.cpus * 1e9),
-                mem_limit=limits.memory_mb * 1024 * 1024,
-                pids_limit=256,
-                init=True,
-                auto_remove=True,
-            )
-            try:
-                created = api.create_container(
-                    image=sandbox["Image"],  # the sandbox's exact image: the same OpenCode writes the same store
-                    name=name,
-                    entrypoint=["/bin/sleep", str(limits.lifetime_seconds)],
-                    user=AGENT_USER,
-                    labels={f"{LABEL_PREFIX}role": "session-importer", LABEL_IMPORTER_OF: sandbox_id},
-                    host_config=host_config,
-                )
-            except docker.errors.APIError as exc:
-                if _is_conflict(exc):
-                    return  # a concurrent import started it: the caller's exec finds it running
-                raise
-            api.start(created["Id"])
-
-    def run_in_importer(self, sandbox_id: str, command: Sequence[str], stdin: bytes) -> ExecResult:
-        """:meth:`run_with_stdin` in the sandbox's session importer (see :meth:`ensure_importer`)."""
-        return self._run_in(importer_name(sandbox_id), command, stdin)
-
-    def remove_importer(self, sandbox_id: str) -> None:
-        """Remove the sandbox's session importer (missing is fine)."""
-        self._remove_container(importer_name(sandbox_id))
-
     # -- commands -----------------------------------------------------------------------------------
 
     def run_with_stdin(
@@ -715,9 +635,7 @@ class DockerEngine:
         has read everything would stall, so read stdin first (``cat > file``) or print little. Raises
         :class:`ContainerGone` / :class:`ContainerNotRunning`; ``action`` names the call in other errors.
         """
-        return self._run_in(container_name(sandbox_id), command, stdin, action=action)
-
-    def _run_in(self, name: str, command: Sequence[str], stdin: bytes, *, action: str | None = None) -> ExecResult:
+        name = container_name(sandbox_id)
         action = action or f"run {command[0] if command else '?'} in {name}"
         attrs = self._inspect_attrs(name)
         if attrs is None:

@@ -254,6 +254,16 @@ class OpenCodeClient:
         version = data.get("version") if isinstance(data, dict) else None
         return version if isinstance(version, str) and version else None
 
+    async def paths(self) -> JSON:
+        """``GET /path``: the server's ``directory`` (where it runs) and the project's ``worktree``, among others."""
+        data = await self._json("GET", "/path")
+        return data if isinstance(data, dict) else {}
+
+    async def current_project(self) -> JSON:
+        """``GET /project/current``: the project the server's directory belongs to (``id``, ``worktree``)."""
+        data = await self._json("GET", "/project/current")
+        return data if isinstance(data, dict) else {}
+
     async def list_sessions(self, *, page_size: int = SESSION_PAGE_SIZE) -> list[JSON]:
         """Every session the server has, children and archived ones included, newest-updated first.
 

@@ -119,5 +119,3 @@ MIRROR_RECONCILE_PASS = contract("mirror_reconcile_pass", MirrorReconcileInput, 
 SESSION_RESTORE_PLAN = contract("session_restore_plan", SessionRestorePlanInput, returns=SessionRestorePlan)
 SESSION_RESTORE_SESSION = contract("session_restore_session", RestoreSessionInput, returns=SessionRestoreResult)
 SESSION_RESTORE_SAVE_PROGRESS = contract("session_restore_save_progress", SaveRestoreProgressInput, returns=NoResult)
-# The sandbox id: its session importer container goes once the restore ends.
-SESSION_RESTORE_FINISH = contract("session_restore_finish", str, returns=NoResult)

@@ -46,11 +46,6 @@ def container_name(sandbox_id: str) -> str:
     return f"{CONTAINER_PREFIX}-{sandbox_id}"
 
 
-def importer_name(sandbox_id: str) -> str:
-    """Docker name of the short-lived container that imports a sandbox's lost sessions (see DockerEngine)."""
-    return f"{CONTAINER_PREFIX}-{sandbox_id}-import"
-
-
 def volume_names(sandbox_id: str) -> tuple[str, str]:
     """(workspace volume, agent data volume): the agent's store survives container recreation."""
     return f"{CONTAINER_PREFIX}-{sandbox_id}-workspace", f"{CONTAINER_PREFIX}-{sandbox_id}-data"

@@ -54,8 +54,7 @@ class SessionRestorePlan(BaseModel):
     each parent before its children."""
 
     items: list[SessionRestoreItem] = Field(default_factory=list)
-    # The CPUs the imports run on (the session importer's allowance): more imports at once than that
-    # only compete for them (each is a CPU-bound process).
+    # The sandbox's CPU limit: imports beyond it only compete for it (each is a CPU-bound process).
     cpu_cores: int | None = None
 
 

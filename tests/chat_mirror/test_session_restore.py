@@ -24,7 +24,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.opencode_sync import OpenCodeSyncActivities
 from activities.resources import WorkerResources
-from activities.session_restore import IMPORT_COMMAND, SessionRestoreActivities
+from activities.session_restore import IMPORT_COMMAND, STORE_IMPORT_COMMAND, UNKNOWN_STORE, SessionRestoreActivities
 from agentpod.chat_mirror.opencode import OpenCodeMirror
 from agentpod.chat_mirror.opencode_mapping import canonical
 from agentpod.chat_mirror.restore import (
@@ -32,9 +32,10 @@ from agentpod.chat_mirror.restore import (
     restorable,
     restore_order,
     session_export,
+    store_place,
     upstream_covers,
 )
-from agentpod.clients.docker_engine import ExecResult, ImporterLimits
+from agentpod.clients.docker_engine import ExecResult
 from agentpod.clients.opencode import OpenCodeNotFound
 from agentpod.domain.chat import SyncTarget
 from agentpod.domain.session_restore import (
@@ -86,6 +87,12 @@ class FakeOpenCode:
     async def session_status(self) -> dict[str, JSON]:
         return {}
 
+    async def current_project(self) -> JSON:
+        return {"id": "global", "worktree": "/"}
+
+    async def paths(self) -> JSON:
+        return {"directory": "/workspace", "worktree": "/"}
+
     async def version(self) -> str:
         return "1.18.34"
 
@@ -114,23 +121,28 @@ class FakeOpenCode:
 
 
 class FakeEngine:
-    """Stands in for the Docker engine: each `opencode import` goes into ``agent``."""
+    """Stands in for the Docker engine: each import goes into ``agent``; ``known_store=False`` plays an
+    OpenCode whose tables the fast import does not know (it exits 3, and ``opencode import`` runs)."""
 
-    def __init__(self, agent: FakeOpenCode) -> None:
+    def __init__(self, agent: FakeOpenCode, *, known_store: bool = True) -> None:
         self.agent = agent
+        self.known_store = known_store
         self.imports: list[JSON] = []
-        self.importers: set[str] = set()
+        self.commands: list[str] = []
+        self.places: list[JSON] = []
 
-    def ensure_importer(self, sandbox_id: str, limits: ImporterLimits) -> None:
-        self.importers.add(sandbox_id)
-
-    def remove_importer(self, sandbox_id: str) -> None:
-        self.importers.discard(sandbox_id)
-
-    def run_in_importer(self, sandbox_id: str, command: Sequence[str], stdin: bytes) -> ExecResult:
-        assert sandbox_id in self.importers, "an import runs in the sandbox's importer, started first"
-        assert tuple(command) == IMPORT_COMMAND
-        export = json.loads(stdin)
+    def run_with_stdin(self, sandbox_id: str, command: Sequence[str], stdin: bytes) -> ExecResult:
+        data = json.loads(stdin)
+        if tuple(command) == STORE_IMPORT_COMMAND:
+            self.commands.append("store_import.js")
+            if not self.known_store:
+                return ExecResult(exit_code=UNKNOWN_STORE, stdout=b"", stderr=b"unknown OpenCode store schema\n")
+            self.places.append(data["project"])
+            export = data["export"]
+        else:
+            assert tuple(command) == IMPORT_COMMAND
+            self.commands.append("opencode import")
+            export = data
         self.imports.append(export)
         self.agent.take_import(export)
         return ExecResult(exit_code=0, stdout=f"Imported session: {export['info']['id']}\n".encode(), stderr=b"")
@@ -319,10 +331,10 @@ async def test_a_half_restored_session_stays_flagged_and_keeps_all_our_messages(
 
 
 def restore_activities(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, agent: FakeOpenCode
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, agent: FakeOpenCode, *, known_store: bool = True
 ) -> tuple[SessionRestoreActivities, FakeEngine]:
     activities = SessionRestoreActivities(WorkerResources(settings=settings, sessions=sessions))
-    engine = FakeEngine(agent)
+    engine = FakeEngine(agent, known_store=known_store)
     activities.engine = cast(Any, engine)
     activities.opencode = lambda url, passwords: cast(Any, agent)
     return activities, engine
@@ -358,7 +370,7 @@ async def test_a_lost_session_is_imported_once_then_found_present(
 
     plan = await env.run(activities.plan, SessionRestorePlanInput(sandbox_id=owner.sandbox_id))
     assert [item.session_id for item in plan.items] == [SES, CHILD]  # the parent first
-    assert plan.cpu_cores == int(settings.session_restore_cpus)  # imports at once: the importer's CPUs
+    assert plan.cpu_cores == 1  # the starter tier: one import at a time
     for item in plan.items:
         result = await env.run(
             activities.restore_session, RestoreSessionInput(sandbox_id=owner.sandbox_id, session_id=item.session_id)
@@ -366,8 +378,8 @@ async def test_a_lost_session_is_imported_once_then_found_present(
         assert result.outcome == RestoreOutcome.RESTORED and result.messages > 0
     assert [export["info"]["id"] for export in engine.imports] == [SES, CHILD]
     assert engine.imports[1]["info"]["parentID"] == SES
-    await env.run(activities.finish, owner.sandbox_id)
-    assert engine.importers == set()  # the importer container goes with the restore
+    assert engine.commands == ["store_import.js"] * 2  # the fast way: OpenCode is not started per session
+    assert engine.places[0] == {"id": "global", "directory": "/workspace", "path": "workspace"}
     assert set((await flags(sessions, owner)).values()) == {None}
     original = snapshot()
     for session_id in (SES, CHILD):
@@ -406,7 +418,7 @@ async def test_a_reconcile_that_finds_lost_sessions_starts_their_restore(
     opencode: OpenCodeProcess,
     temporal_dev_env: WorkflowEnvironment,
 ) -> None:
-    """"Sync now" and the periodic reconcile (not only the stream's reconnect) ask for lost sessions back."""
+    """ "Sync now" and the periodic reconcile (not only the stream's reconnect) ask for lost sessions back."""
     await mirror(sessions, owner).reconcile(FakeOpenCode())  # we hold the snapshot; this OpenCode is empty
     resources = WorkerResources(settings=settings, sessions=sessions, temporal=temporal_dev_env.client)
     target = SyncTarget(sandbox_id=owner.sandbox_id, user_id=owner.user_id, opencode_url=opencode.base_url)
@@ -423,3 +435,32 @@ async def test_a_reconcile_that_finds_lost_sessions_starts_their_restore(
         assert described.status == WorkflowExecutionStatus.RUNNING and described.task_queue == queue
     finally:
         await handle.terminate("test over")
+
+
+async def test_an_unknown_store_falls_back_to_opencode_import(
+    sessions: async_sessionmaker[AsyncSession], owner: Owner, settings: Settings
+) -> None:
+    await lose_everything(sessions, owner)
+    agent = FakeOpenCode({"sessions": [], "messages": {}})
+    activities, engine = restore_activities(sessions, settings, agent, known_store=False)
+    result = await ActivityEnvironment().run(
+        activities.restore_session, RestoreSessionInput(sandbox_id=owner.sandbox_id, session_id=SES)
+    )
+    assert result.outcome == RestoreOutcome.RESTORED
+    assert engine.commands == ["store_import.js", "opencode import"]
+    assert [export["info"]["id"] for export in engine.imports] == [SES]
+
+
+@pytest.mark.parametrize(
+    ("project", "paths", "place"),
+    [
+        ({"id": "global", "worktree": "/"}, {"directory": "/workspace"}, ("global", "/workspace", "workspace")),
+        ({"id": "f00d", "worktree": "/workspace"}, {"directory": "/workspace"}, ("f00d", "/workspace", "")),
+        ({"id": "f00d", "worktree": "/workspace"}, {"directory": "/workspace/app"}, ("f00d", "/workspace/app", "app")),
+    ],
+)
+def test_a_restored_session_lands_in_the_servers_project_and_directory(
+    project: JSON, paths: JSON, place: tuple[str, str, str]
+) -> None:
+    got = store_place(project, paths)
+    assert (got["id"], got["directory"], got["path"]) == place

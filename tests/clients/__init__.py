@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import httpx
 
-from agentpod.clients.docker_engine import LABEL_IMPORTER_OF, LABEL_SANDBOX_ID
+from agentpod.clients.docker_engine import LABEL_SANDBOX_ID
 from agentpod.domain.sandbox import ContainerSpec, volume_names
 from agentpod.settings import Settings
 from tests.requirements import missing
@@ -63,9 +63,8 @@ def make_spec(sandbox_id: str, **changes: Any) -> ContainerSpec:
 
 def purge(client: Any, sandbox_id: str) -> None:
     """Remove every container and volume of ``sandbox_id``, not relying on the code under test."""
-    for label in (LABEL_SANDBOX_ID, LABEL_IMPORTER_OF):
-        for container in client.containers.list(all=True, filters={"label": f"{label}={sandbox_id}"}):
-            container.remove(force=True)
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX_ID}={sandbox_id}"}):
+        container.remove(force=True)
     for name in volume_names(sandbox_id):
         with contextlib.suppress(docker.errors.NotFound):
             client.volumes.get(name).remove(force=True)

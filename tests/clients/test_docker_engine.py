@@ -18,17 +18,9 @@ from agentpod.clients.docker_engine import (
     DockerEngine,
     DockerUnavailable,
     ImageMissing,
-    ImporterLimits,
     spec_hash,
 )
-from agentpod.domain.sandbox import (
-    ACP_GATEWAY_PORT,
-    OPENCODE_PORT,
-    ContainerSpec,
-    container_name,
-    importer_name,
-    volume_names,
-)
+from agentpod.domain.sandbox import ACP_GATEWAY_PORT, OPENCODE_PORT, ContainerSpec, container_name, volume_names
 from tests.clients import TEST_OPENCODE_PASSWORD, docker_client, make_spec, new_sandbox_id, purge, wait_healthy
 
 
@@ -310,31 +302,3 @@ def test_list_managed_shows_our_containers_with_labels(engine: DockerEngine, san
     assert found["name"] == container_name(sandbox_id)
     assert found["status"] == "created"
     assert found["labels"]["agentpod.spec-hash"] == state.spec_hash
-
-
-@pytest.mark.docker
-def test_the_session_importer_shares_the_data_volume_and_nothing_else(
-    engine: DockerEngine, raw: Any, sandbox_id: str
-) -> None:
-    engine.ensure_container(make_spec(sandbox_id))
-    engine.start(sandbox_id)
-    limits = ImporterLimits(cpus=1, memory_mb=256, lifetime_seconds=120)
-    engine.ensure_importer(sandbox_id, limits)
-    engine.ensure_importer(sandbox_id, limits)  # running already: nothing new
-    importer = raw.containers.get(importer_name(sandbox_id))
-    host = importer.attrs["HostConfig"]
-    assert (host["NetworkMode"], host["ReadonlyRootfs"], host["CapDrop"]) == ("none", True, ["ALL"])
-    assert importer.attrs["Config"]["User"] == "1000:1000"
-    # The sandbox's very image: the same OpenCode writes the same store.
-    assert importer.attrs["Image"] == raw.containers.get(container_name(sandbox_id)).attrs["Image"]
-
-    probe = "cat > /data/from-importer && id -u && (touch /workspace/x 2>/dev/null && echo rw || echo ro)"
-    result = engine.run_in_importer(sandbox_id, ("sh", "-c", probe), b"hello")
-    assert result.exit_code == 0 and result.stdout.split() == [b"1000", b"ro"], result
-    assert _sh(raw, sandbox_id, "cat /data/from-importer") == "hello"
-
-    engine.remove(sandbox_id, remove_volumes=True)  # the importer holds the volumes: it goes first
-    assert not raw.containers.list(all=True, filters={"name": importer_name(sandbox_id)})
-    assert _volumes(raw, sandbox_id) == set()
-    with pytest.raises(ContainerGone):
-        engine.ensure_importer(sandbox_id, limits)  # no sandbox, no importer

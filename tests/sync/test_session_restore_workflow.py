@@ -22,12 +22,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agentpod.domain.contracts import (
-    SESSION_RESTORE_FINISH,
-    SESSION_RESTORE_PLAN,
-    SESSION_RESTORE_SAVE_PROGRESS,
-    SESSION_RESTORE_SESSION,
-)
+from agentpod.domain.contracts import SESSION_RESTORE_PLAN, SESSION_RESTORE_SAVE_PROGRESS, SESSION_RESTORE_SESSION
 from agentpod.domain.session_restore import (
     RestoreOutcome,
     RestoreSessionInput,
@@ -61,7 +56,6 @@ class FakeRestore:
     running: set[str] = field(default_factory=set)
     most_at_once: int = 0
     saved: list[SessionRestoreProgress] = field(default_factory=list)
-    importer_removed: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)  # "+id" when a restore starts, "-id" when it ends
     gate: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -98,10 +92,6 @@ class FakeRestore:
     async def save(self, data: SaveRestoreProgressInput) -> None:
         self.saved.append(data.progress)
 
-    @activity.defn(name=SESSION_RESTORE_FINISH.name)
-    async def finish(self, sandbox_id: str) -> None:
-        self.importer_removed.append(sandbox_id)
-
 
 @dataclass
 class Rig:
@@ -119,7 +109,7 @@ async def rig(temporal_dev_env: WorkflowEnvironment) -> AsyncIterator[Rig]:
         temporal_dev_env.client,
         task_queue=queue,
         workflows=[SessionRestoreWorkflow],
-        activities=[fake.plan, fake.restore, fake.save, fake.finish],
+        activities=[fake.plan, fake.restore, fake.save],
     )
     rig = Rig(temporal_dev_env.client, queue, fake)
     async with worker:
@@ -158,7 +148,6 @@ async def test_every_session_once_newest_first_a_few_at_a_time_across_continue_a
     assert (progress.state, progress.total, progress.restored, progress.failed) == ("done", 40, 40, 0)
     assert progress.current == [] and progress.started_at and progress.finished_at
     assert rig.fake.saved[-1] == progress  # the sync status shows the end
-    assert rig.fake.importer_removed == [rig.sandbox_id]  # its importer container went once, at the end
     history = await rig.client.get_workflow_handle(session_restore_workflow_id(rig.sandbox_id)).fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
     assert started.continued_execution_run_id  # the last run continued an earlier one
