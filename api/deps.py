@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
@@ -204,6 +204,27 @@ async def get_owned_file(file_id: str, user: CurrentUser, db: DbSession) -> User
 OwnedFile = Annotated[UserOpencodeFile, Depends(get_owned_file)]
 
 # --------------------------------------------------------------------------- the sandbox workflow
+
+
+# --- Session lists ---------------------------------------------------------------------------------
+
+
+async def get_session_filter(
+    status_filter: Annotated[chat.SessionStatus, Query(alias="status")] = "active",
+    include_children: bool = False,
+    source: Annotated[
+        Literal["opencode", "acp_gateway"] | None, Query(description="Only sessions from this source.")
+    ] = None,
+    agent_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, description="Only conversations with this ACP agent (`claude-code`, …)."),
+    ] = None,
+) -> chat.SessionFilter:
+    """The filters a session list takes (a sandbox's list and the user's list alike)."""
+    return chat.SessionFilter(status=status_filter, include_children=include_children, source=source, agent_id=agent_id)
+
+
+SessionFilters = Annotated[chat.SessionFilter, Depends(get_session_filter)]
 
 
 async def get_transitions(client: TemporalClient, settings: SettingsDep, actor: RequestActor) -> SandboxTransitions:

@@ -176,25 +176,38 @@ class SessionPage:
     total: int
 
 
-def _session_filter(sandbox_id: str, status: SessionStatus, include_children: bool) -> list[ColumnElement[bool]]:
-    conditions = [ChatSession.sandbox_id == sandbox_id, ChatSession.status == status]
-    if not include_children:
-        # Subagent sessions are reached through their parent, not listed beside it.
-        conditions.append(ChatSession.parent_session_id.is_(None))
-    return conditions
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which sessions a list shows (a sandbox's list and the user's list take the same filters)."""
+
+    status: SessionStatus = "active"
+    include_children: bool = False
+    source: str | None = None  # "opencode" or "acp_gateway"
+    agent_id: str | None = None  # the ACP agent a session is with ("claude-code", "codex", ...)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE conditions of this filter."""
+        conditions = [ChatSession.status == self.status]
+        if not self.include_children:
+            # Subagent sessions are reached through their parent, not listed beside it.
+            conditions.append(ChatSession.parent_session_id.is_(None))
+        if self.source is not None:
+            conditions.append(ChatSession.source == self.source)
+        if self.agent_id is not None:
+            conditions.append(ChatSession.acp_agent_id == self.agent_id)
+        return conditions
 
 
 async def list_sessions(
     db: AsyncSession,
     sandbox_id: str,
     *,
-    status: SessionStatus = "active",
-    include_children: bool = False,
+    filters: SessionFilter = SessionFilter(),
     limit: int = 50,
     after: SessionKey | None = None,
 ) -> SessionPage:
     """A page of a sandbox's sessions; ``total`` counts every session matching the same filters."""
-    conditions = _session_filter(sandbox_id, status, include_children)
+    conditions = [ChatSession.sandbox_id == sandbox_id, *filters.conditions()]
     total = await db.scalar(select(func.count()).select_from(ChatSession).where(*conditions)) or 0
     query = select(ChatSession).where(*conditions)
     if after is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentpod.store.chat import SESSION_ORDER, SessionKey, SessionStatus, child_counts, session_after
+from agentpod.store.chat import SESSION_ORDER, SessionFilter, SessionKey, child_counts, session_after
 from agentpod.store.sqlite_inline import inline_reads
 from agentpod.store.tables import ChatMessage, ChatSession, Sandbox
 
@@ -76,8 +76,7 @@ async def list_sessions(
     *,
     sandbox_id: str | None = None,
     sandbox_exists: bool | None = None,
-    status: SessionStatus = "active",
-    include_children: bool = False,
+    filters: SessionFilter = SessionFilter(),
     limit: int = 50,
     after: SessionKey | None = None,
 ) -> UserSessionPage:
@@ -86,9 +85,7 @@ async def list_sessions(
     ``sandbox_id`` narrows to one sandbox, live or deleted; ``sandbox_exists`` to live (True) or deleted
     (False) sandboxes. ``total`` counts every session matching the same filters.
     """
-    conditions: list[ColumnElement[bool]] = [ChatSession.user_id == user_id, ChatSession.status == status]
-    if not include_children:
-        conditions.append(ChatSession.parent_session_id.is_(None))
+    conditions: list[ColumnElement[bool]] = [ChatSession.user_id == user_id, *filters.conditions()]
     if sandbox_id is not None:
         conditions.append(in_sandbox(sandbox_id))
     if sandbox_exists is not None:

@@ -20,7 +20,7 @@ from starlette.responses import StreamingResponse
 from agentpod.clients.opencode import OpenCodeError, OpenCodeNotFound, OpenCodeUnavailable
 from agentpod.settings import Settings
 from agentpod.store import chat, providers, sandboxes
-from agentpod.store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey, SessionStatus
+from agentpod.store.chat import ChangeKey, InvalidCursor, MessageKey, SessionKey
 from agentpod.store.tables import ChatSession, Sandbox
 from api.audit import AuditEntry, audit
 from api.chat_stream import STREAM_HEADERS, ChangeFeed, EventStreamResponse, relay
@@ -36,6 +36,7 @@ from api.deps import (
     OpenCodeFactory,
     OwnedChatSession,
     OwnedSandbox,
+    SessionFilters,
     SettingsDep,
 )
 from api.errors import ERROR_RESPONSES, ApiError, BadRequest, Conflict, ErrorResponse
@@ -186,16 +187,12 @@ def page_fields(page: chat.MessagePage, include_raw: bool, given: str | None) ->
 async def list_sessions(
     sandbox: OwnedSandbox,
     db: DbSession,
-    status_filter: Annotated[SessionStatus, Query(alias="status")] = "active",
-    include_children: bool = False,
+    filters: SessionFilters,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> ChatSessionList:
     """The sandbox's sessions, most recently active first; subagent sessions only with ``include_children``."""
-    after = session_cursor(cursor)
-    page = await chat.list_sessions(
-        db, sandbox.id, status=status_filter, include_children=include_children, limit=limit, after=after
-    )
+    page = await chat.list_sessions(db, sandbox.id, filters=filters, limit=limit, after=session_cursor(cursor))
     return ChatSessionList(
         sessions=[ChatSessionOut.from_row(row, page.child_counts.get(row.id, 0)) for row in page.sessions],
         next_cursor=page.next_key.encode() if page.next_key else None,

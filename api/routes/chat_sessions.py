@@ -15,9 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from agentpod.store import chat, sandboxes, user_chats
-from agentpod.store.chat import SessionStatus
 from api.audit import AuditEntry, audit
-from api.deps import CurrentUser, DbSession, OwnedUserChatSession
+from api.deps import CurrentUser, DbSession, OwnedUserChatSession, SessionFilters
 from api.errors import ERROR_RESPONSES, BadRequest, Conflict, NotFound
 from api.routes.chat import (
     DETAIL_MESSAGES,
@@ -71,14 +70,13 @@ async def _out(db: DbSession, item: user_chats.UserSession) -> UserChatSessionOu
 async def list_sessions(
     user: CurrentUser,
     db: DbSession,
+    filters: SessionFilters,
     sandbox_id: Annotated[
         str | None, Query(min_length=1, max_length=64, description="Only this sandbox's sessions (live or deleted).")
     ] = None,
     sandbox_exists: Annotated[
         bool | None, Query(description="`true`: only live sandboxes' sessions; `false`: only deleted ones'.")
     ] = None,
-    status_filter: Annotated[SessionStatus, Query(alias="status")] = "active",
-    include_children: bool = False,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> UserChatSessionList:
@@ -89,8 +87,7 @@ async def list_sessions(
         user.id,
         sandbox_id=sandbox_id,
         sandbox_exists=sandbox_exists,
-        status=status_filter,
-        include_children=include_children,
+        filters=filters,
         limit=limit,
         after=after,
     )

@@ -48,9 +48,8 @@ async def new_acp_session(
 ) -> str:
     """An ACP chat session row."""
     async with sessions() as db:
-        row = ChatSession(
-            sandbox_id=sandbox_id, user_id=user_id, source="acp_gateway", acp_session_id="acp-1", **fields
-        )
+        fields.setdefault("acp_session_id", "acp-1")
+        row = ChatSession(sandbox_id=sandbox_id, user_id=user_id, source="acp_gateway", **fields)
         db.add(row)
         await db.commit()
         return row.id
@@ -360,3 +359,28 @@ async def test_a_start_stamps_last_accessed_at(
     async with sessions() as db:
         stamped = await db.scalar(select(Sandbox.last_accessed_at).where(Sandbox.id == sandbox))
     assert stamped is not None and stamped >= before
+
+
+async def test_both_lists_filter_by_source_and_acp_agent(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    headers, user = await new_user(client)
+    box = await new_sandbox(sessions, user)
+    native = await new_session(sessions, box, user)
+    claude = await new_acp_session(sessions, box, user, acp_agent_id="claude-code")
+    codex = await new_acp_session(sessions, box, user, acp_agent_id="codex", acp_session_id="acp-2")
+
+    async def listed(url: str, **params: str) -> list[str]:
+        response = await client.get(url, params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["total"] == len(body["sessions"])
+        return sorted(s["id"] for s in body["sessions"])
+
+    for url in (BASE, chat_url(box, "/sessions")):
+        assert await listed(url) == sorted([native, claude, codex])
+        assert await listed(url, source="opencode") == [native]
+        assert await listed(url, source="acp_gateway") == sorted([claude, codex])
+        assert await listed(url, agent_id="claude-code") == [claude]
+        assert await listed(url, agent_id="codex", status="archived") == []
+        assert_error(await client.get(url, params={"source": "telnet"}, headers=headers), 422, "validation_error")
