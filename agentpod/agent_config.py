@@ -3,7 +3,8 @@
 The entrypoint points OpenCode at them: ``opencode.json`` is its config (``OPENCODE_CONFIG``), the
 ``config/`` directory its config dir (``OPENCODE_CONFIG_DIR``: custom agents in ``agent/*.md``, commands
 in ``command/*.md``), and the user's AGENTS.md is named in the config's ``instructions``, so every
-agent of the user follows it. Nothing here travels through env, labels or Temporal history.
+agent of the user follows it. ``gateway-agents.json`` tells the ACP gateway which agents it may start
+(:mod:`agentpod.acp_agents`). Nothing here travels through env, labels or Temporal history.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agentpod.acp_agents import REGISTRY_FILE, gateway_registry
 from agentpod.domain.secrets import AgentCredentials
 
 SECRETS_DIR = "/run/agentpod"
@@ -40,4 +42,6 @@ def agent_files(base_config: dict[str, Any], credentials: AgentCredentials) -> d
         files[f"{CONFIG_DIR}/{path}"] = content.encode()
     if config:
         files["opencode.json"] = json.dumps(config).encode()
+    # Which ACP agents the gateway may start, each with its provider's key (see acp_agents).
+    files[REGISTRY_FILE] = gateway_registry(credentials, config)
     return files

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentpod.acp_agents import ACP_AGENTS, unavailable_reason
+from agentpod.agent_config import merge_config
 from agentpod.security.encryption import DecryptionError, context, decrypt, encrypt, hint
 from agentpod.security.keyring import Keyring
 from agentpod.store.base import new_id, utcnow
@@ -157,3 +159,12 @@ async def has_model_source(db: AsyncSession, user_id: str, base_config: Mapping[
         return True
     settings = await db.scalar(select(UserOpencodeConfig.settings).where(UserOpencodeConfig.user_id == user_id))
     return names_a_model(settings)
+
+
+async def acp_agent_reasons(db: AsyncSession, user_id: str, base_config: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each ACP agent of the image → why it cannot run for this user (None: it can): an agent needs a
+    key for its provider, stored here or named in the installation's or the user's OpenCode config."""
+    provider_ids = [row.provider_id for row in await list_for(db, user_id)]
+    settings = await db.scalar(select(UserOpencodeConfig.settings).where(UserOpencodeConfig.user_id == user_id))
+    config = merge_config(dict(base_config), settings if isinstance(settings, dict) else {})
+    return {agent.id: unavailable_reason(agent, provider_ids, config) for agent in ACP_AGENTS}

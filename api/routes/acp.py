@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, status
 
+from agentpod.acp_agents import ACP_AGENTS, BY_ID
 from agentpod.clients.acp import (
     AcpGatewayClient,
     AcpGatewayConflict,
@@ -21,7 +22,7 @@ from agentpod.clients.acp import (
     AcpGatewayUnavailable,
 )
 from agentpod.security.sandbox_secrets import gateway_secrets
-from agentpod.store import chat, sandboxes
+from agentpod.store import chat, providers, sandboxes
 from agentpod.store.acp_sync import claim_session
 from agentpod.store.base import utcnow
 from agentpod.store.chat_sync import lock_sandbox_chats
@@ -86,11 +87,37 @@ async def _gateway(ctx: Context, clients: AcpGatewayFactory, sandbox: Sandbox) -
 
 
 @router.get("/agents")
-async def list_agents(sandbox: OwnedSandbox, ctx: Context, clients: AcpClients) -> AcpAgentList:
-    """The agents the sandbox's gateway can run, and their state."""
-    async with _gateway(ctx, clients, sandbox) as gateway:
-        agents = await gateway.agents()
-    return AcpAgentList(agents=[AcpAgentOut.model_validate(agent) for agent in agents])
+async def list_agents(sandbox: OwnedSandbox, db: DbSession, ctx: Context, clients: AcpClients) -> AcpAgentList:
+    """The sandbox's agents: available or not for you (and why), and, while it runs, their processes' state."""
+    reasons = await providers.acp_agent_reasons(db, sandbox.user_id, ctx.settings.agent_base_config)
+    running: dict[str, dict[str, Any]] = {}
+    if sandbox.status == "running" and sandbox.acp_internal_url:
+        async with _gateway(ctx, clients, sandbox) as gateway:
+            running = {str(agent.get("id")): agent for agent in await gateway.agents()}
+    return AcpAgentList(
+        agents=[
+            AcpAgentOut(
+                id=agent.id,
+                name=agent.name,
+                available=reasons[agent.id] is None,
+                unavailable_reason=reasons[agent.id],
+                provider=agent.provider,
+                state=str(running.get(agent.id, {}).get("state") or "stopped"),
+                error=running.get(agent.id, {}).get("error"),
+                load_session=running.get(agent.id, {}).get("load_session"),
+            )
+            for agent in ACP_AGENTS
+        ]
+    )
+
+
+async def _require_available(db: DbSession, ctx: Context, sandbox: Sandbox, agent_id: str) -> None:
+    """409 for an agent the image has but this user cannot run (no key for its provider); 404 for no such agent."""
+    if agent_id not in BY_ID:
+        raise NotFound(f"the sandbox has no agent {agent_id!r}", code="acp_not_found")
+    reason = (await providers.acp_agent_reasons(db, sandbox.user_id, ctx.settings.agent_base_config))[agent_id]
+    if reason is not None:
+        raise Conflict(reason, code="acp_agent_unavailable", details={"agent_id": agent_id})
 
 
 @router.post("/sessions", status_code=status.HTTP_201_CREATED)
@@ -103,6 +130,7 @@ async def create_session(
     entry: Annotated[AuditEntry, audit("acp.session_create", entity="chat_session")],
 ) -> ChatSessionOut:
     """Start a conversation with ``agent_id``; it is listed by the chat API at once."""
+    await _require_available(db, ctx, sandbox, body.agent_id)
     async with _gateway(ctx, clients, sandbox) as gateway:
         created = await gateway.create_session(body.agent_id)
     # Its own short transaction, with the chat lock the sync's writers take.
@@ -136,6 +164,8 @@ async def prompt(
 ) -> AcpTurnAccepted:
     """Send a prompt; answers at once (409 while a turn runs)."""
     assert session.acp_session_id is not None
+    if session.acp_agent_id:
+        await _require_available(db, ctx, sandbox, session.acp_agent_id)  # e.g. its provider key was removed
     async with _gateway(ctx, clients, sandbox) as gateway:
         await require_model_source(db, sandbox, ctx.settings)
         turn = await gateway.prompt(session.acp_session_id, body.text)

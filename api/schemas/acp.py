@@ -13,12 +13,23 @@ _ID = r"^[A-Za-z0-9._:-]+$"
 
 
 class AcpAgentOut(ResponseBody):
-    """An agent the sandbox's gateway can run."""
+    """An agent of the sandbox: whether it can run for you, and what its process is doing."""
 
     id: str
     name: str | None = None
-    state: str = Field(description="`stopped`, `starting`, `running`, `exited` or `failed`.")
+    available: bool = Field(True, description="False when the agent cannot run for you; `unavailable_reason` says why.")
+    unavailable_reason: str | None = None
+    provider: str | None = Field(None, description="The provider whose API key the agent uses (None: OpenCode's).")
+    state: str = Field(
+        description="`stopped`, `starting`, `running`, `exited` or `failed` (`stopped` while the sandbox is not "
+        "running)."
+    )
     error: str | None = None
+    load_session: bool | None = Field(
+        None,
+        description="Whether the agent reloads a conversation after a restart of the agent or the gateway "
+        "(ACP `session/load`); None until it has run once.",
+    )
 
 
 class AcpAgentList(ResponseBody):
