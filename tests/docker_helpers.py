@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import docker
@@ -39,13 +40,22 @@ def bridge_agent_config(llm_port: int, **extra: Any) -> dict[str, Any]:
     return {**opencode_config(f"http://{host}:{llm_port}/v1"), **extra}
 
 
-def use_fake_llm_in_sandboxes(monkeypatch: pytest.MonkeyPatch, llm_port: int, **extra: Any) -> dict[str, Any]:
+def use_fake_llm_in_sandboxes(
+    monkeypatch: pytest.MonkeyPatch, llm_port: int, *, providers: Mapping[str, int] | None = None, **extra: Any
+) -> dict[str, Any]:
     """Point the stack's sandboxes at the fake LLM: the installation's agent config names it, and the
-    host firewall lets sandboxes reach its port (every other host port stays closed to them)."""
+    host firewall lets sandboxes reach its port (every other host port stays closed to them).
+    ``providers``: more fake model servers by OpenCode provider id (``anthropic``, ``openai``), named as
+    that provider's ``baseURL`` (which the ACP agents follow too) and allowlisted the same way."""
     config = bridge_agent_config(llm_port, **extra)
+    host = sandbox_host_address(docker_client())
+    services = {"fake-llm": llm_port}
+    for provider, port in (providers or {}).items():
+        config.setdefault("provider", {})[provider] = {"options": {"baseURL": f"http://{host}:{port}/v1"}}
+        services[f"fake-{provider}"] = port
     # The stack builds its Settings from the environment (prefix AGENTPOD_) plus its own overrides.
     monkeypatch.setenv("AGENTPOD_AGENT_BASE_CONFIG", json.dumps(config))
-    monkeypatch.setenv("AGENTPOD_SANDBOX_HOST_SERVICES", json.dumps({"fake-llm": llm_port}))
+    monkeypatch.setenv("AGENTPOD_SANDBOX_HOST_SERVICES", json.dumps(services))
     return config
 
 

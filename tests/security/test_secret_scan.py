@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.store.base import Base
-from tests.security.conftest import SECRET_API_KEY, SECRET_MCP_TOKEN, SECRET_PASSWORD
+from tests.security.conftest import SECRET_ANTHROPIC_KEY, SECRET_API_KEY, SECRET_MCP_TOKEN, SECRET_PASSWORD
 
 TOKEN_ROUTES = {"/api/auth/sign-up", "/api/auth/sign-in", "/api/auth/refresh"}
 
@@ -65,8 +65,10 @@ async def test_secrets_never_leave_through_responses_logs_exports_or_rows(
         await call("PUT", f"{providers}/anthropic", 422, {"api_key": SECRET_API_KEY, "is_default": "maybe"}, token)
         await call("PUT", f"{providers}/Bad Id", 422, {"api_key": SECRET_API_KEY}, token)
         await call("PUT", f"{providers}/mistral", 422, {"api_key": SECRET_API_KEY * 200}, token)  # over the limit
+        await call("PUT", f"{providers}/anthropic", 201, {"api_key": SECRET_ANTHROPIC_KEY}, token)
         listed = await call("GET", providers, 200, token=token)
-        assert listed["providers"][0]["key_hint"] == SECRET_API_KEY[-4:]
+        hints = {provider["provider_id"]: provider["key_hint"] for provider in listed["providers"]}
+        assert hints == {"anthropic": SECRET_ANTHROPIC_KEY[-4:], "openai": SECRET_API_KEY[-4:]}
         await call("GET", f"{providers}/openai", 200, token=token)
 
         mcp = {
@@ -81,7 +83,10 @@ async def test_secrets_never_leave_through_responses_logs_exports_or_rows(
         await call("PUT", "/api/users/me/opencode/config", 200, {"settings": mcp, "agents_md": "be careful"}, token)
         await call("GET", "/api/users/me/opencode/config", 200, token=token)
         await call("PUT", "/api/users/me/opencode/config", 422, {"settings": {"mcp": 1}, "x": SECRET_MCP_TOKEN}, token)
-        await call("POST", "/api/v2/sandboxes", 201, {"name": "secrets", "repo_name": "secrets"}, token)
+        created = await call("POST", "/api/v2/sandboxes", 201, {"name": "secrets", "repo_name": "secrets"}, token)
+        # Both keys make their ACP agents available (Claude Code: Anthropic; Codex: OpenAI).
+        agents = await call("GET", f"/api/v2/sandboxes/{created['id']}/acp/agents", 200, token=token)
+        assert all(agent["available"] for agent in agents["agents"])
 
         refreshed = await call("POST", "/api/auth/refresh", 200, token=signed_in["token"])
         await app.state.audit_writer.drain()
@@ -103,7 +108,12 @@ async def test_secrets_never_leave_through_responses_logs_exports_or_rows(
     assert "provider.configure" in exports["activity export (json)"].text
 
     tokens = [signed_up["token"], signed_in["token"], refreshed["token"]]
-    secrets = {"provider key": SECRET_API_KEY, "MCP token": SECRET_MCP_TOKEN, "password": SECRET_PASSWORD}
+    secrets = {
+        "provider key": SECRET_API_KEY,
+        "Anthropic key": SECRET_ANTHROPIC_KEY,
+        "MCP token": SECRET_MCP_TOKEN,
+        "password": SECRET_PASSWORD,
+    }
     for where, status, text in seen:
         for name, secret in secrets.items():
             assert secret not in text, f"{name} in the answer of {where} ({status})"
