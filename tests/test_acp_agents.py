@@ -38,7 +38,10 @@ def test_each_agent_gets_only_its_own_providers_key_and_stays_offline() -> None:
     assert OPENAI_KEY not in json.dumps(claude) and ANTHROPIC_KEY not in json.dumps(codex)
     assert claude["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert codex["command"] == "codex-acp" and codex["env"]["OPENAI_API_KEY"] == OPENAI_KEY
-    assert codex["args"] == []  # no endpoint configured: Codex's own OpenAI provider
+    settings = set(codex["args"][1::2])
+    assert "model_providers.agentpod-openai.base_url=https://api.openai.com/v1" in settings  # none configured
+    # Commands run in the container (Codex's own sandbox cannot), each one asked for first.
+    assert {"sandbox_mode=danger-full-access", "approval_policy=untrusted"} <= settings
     assert "env" not in agents["opencode"]  # OpenCode reads its config (keys included) like the server
 
 
@@ -54,7 +57,7 @@ def test_the_opencode_config_says_where_each_provider_lives() -> None:
     assert agents["claude-code"]["env"]["ANTHROPIC_BASE_URL"] == "http://10.0.0.1:9001"
     codex = agents["codex"]  # its key from the config: an installation-wide key counts
     assert codex["env"]["OPENAI_API_KEY"] == OPENAI_KEY
-    settings = dict(zip(codex["args"][1::2], codex["args"][1::2], strict=True))
+    settings = set(codex["args"][1::2])
     assert "model_providers.agentpod-openai.base_url=http://10.0.0.1:9002/v1" in settings
     assert "model_provider=agentpod-openai" in settings
     assert unavailable_reason(CODEX, [], config) is None

@@ -136,6 +136,10 @@ def _draft_of(row: MessageRow) -> Draft:
     return Draft(row.values.external_message_id, row.values.role, copy.deepcopy(row.values.content))
 
 
+# The gateway's status when the agent (not the gateway) failed a request, e.g. a session/load.
+AGENT_FAILED = 502
+
+
 class AcpMirror(Mirror):
     """Mirror of one sandbox's ACP sessions. Calls on one instance are serialized by the mirror itself."""
 
@@ -360,7 +364,14 @@ class AcpMirror(Mirror):
                 session.rebuild_after_turn = True
                 report.notes.append(f"{info['session_id']}: turn running, rebuilt when it ends")
                 continue
-            await self.rebuild(gateway, str(info["session_id"]), report)
+            try:
+                await self.rebuild(gateway, str(info["session_id"]), report)
+            except AcpGatewayError as error:
+                if error.status != AGENT_FAILED:
+                    raise  # the gateway itself is not answering: the whole reconcile is retried
+                # The agent cannot load this one (e.g. Claude Code keeps no transcript of a session never
+                # prompted): our rows stay, and the other sessions are mirrored all the same.
+                report.notes.append(f"{info['session_id']}: the agent could not load it, kept ours ({error})"[:300])
         listed_ids = {str(s["session_id"]) for s in listed}
         async with self._db() as db:
             ours = await acp_sessions(db, self.sandbox_id)

@@ -71,7 +71,9 @@ async def _gateway(ctx: Context, clients: AcpGatewayFactory, sandbox: Sandbox) -
         raise NotFound("the gateway does not know this agent, session or request", code="acp_not_found") from None
     except AcpGatewayConflict:
         raise Conflict("the agent is busy with another turn, or has none to cancel", code="acp_busy") from None
-    except AcpGatewayUnavailable:
+    except AcpGatewayUnavailable as error:
+        if error.status == 502:  # the gateway answered: its agent could not start or do what was asked
+            raise ApiError(f"the agent failed: {error}"[:500], status=502, code="acp_agent_failed") from None
         raise ApiError("the sandbox's ACP gateway is not reachable", status=502, code="acp_unavailable") from None
     except AcpGatewayError as error:
         if error.status == 422:

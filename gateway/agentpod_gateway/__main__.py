@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from agentpod_gateway.core import Gateway
 from agentpod_gateway.events import DEFAULT_BUFFER_SIZE, DEFAULT_HEARTBEAT_SECONDS, EventLog
 from agentpod_gateway.http import SecretSource
 from agentpod_gateway.server import GatewayServer
+from agentpod_gateway.watch import DEFAULT_POLL_SECONDS, AgentsFileWatcher
 
 DEFAULT_SECRET_FILE = "/run/agentpod/gateway-secret"
 
@@ -35,7 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(DEFAULT_SECRET_FILE),
         help="file holding the bearer secret (re-read when it changes; until it exists: 503)",
     )
-    parser.add_argument("--agents", type=Path, help="JSON file adding or replacing agents (see gateway/config.py)")
+    parser.add_argument(
+        "--agents",
+        type=Path,
+        help="JSON file adding or replacing agents (see config.py); followed while the gateway runs, may appear later",
+    )
+    parser.add_argument(
+        "--agents-poll",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        help="how often the agents file is checked for changes, in seconds (0: read it once at start)",
+    )
     parser.add_argument("--workspace", type=Path, default=None, help="default session cwd (default: current dir)")
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="where the session index lives (default: $XDG_STATE_HOME/…)"
@@ -47,11 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    agents_file = args.agents if args.agents is not None and args.agents.exists() else None
-    if args.agents is not None and agents_file is None:
-        logging.getLogger("gateway").warning("agents file %s not found; using the built-in agents", args.agents)
+    watcher = AgentsFileWatcher(args.agents, interval=args.agents_poll) if args.agents is not None else None
+    # Missing or invalid at start: the built-in agents, until a version that loads appears.
+    agents = (watcher.poll() if watcher is not None else None) or load_agents(None)
     gateway = Gateway(
-        load_agents(agents_file),
+        agents,
         workspace=(args.workspace or Path.cwd()).resolve(),
         state_dir=args.state_dir or _default_state_dir(),
         events=EventLog(args.buffer_size),
@@ -67,7 +79,18 @@ async def run(args: argparse.Namespace) -> None:
     logging.getLogger("gateway").info(
         "agentpod-gateway %s on %s:%s, epoch %s", __version__, args.host, server.port, gateway.events.epoch
     )
-    await server.serve()
+    follow = (
+        asyncio.create_task(watcher.follow(gateway), name="agents-file")
+        if watcher is not None and args.agents_poll > 0
+        else None
+    )
+    try:
+        await server.serve()
+    finally:
+        if follow is not None:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,9 @@
 The process is started on first use, spoken to over stdio with the ``agent-client-protocol`` SDK
 (the gateway is the ACP *client*), and watched: when it exits, the gateway is told so it can fail
 the turns and permission requests that were waiting on it; the next use starts a new process.
+
+``spec`` may be replaced while the process runs: it applies from the next start. :meth:`AgentProcess.recycle`
+stops the process (when the gateway knows nothing uses it) so that the next use starts it with the new spec.
 """
 
 from __future__ import annotations
@@ -54,13 +57,18 @@ class AgentProcess:
         handler: AcpHandler,
         on_exit: Callable[[AgentProcess, int | None], None],
     ) -> None:
+        # The spec for the next start; the running process may have been started with an older one.
         self.spec = spec
+        self.started_spec: AgentSpec | None = None
         self.workspace = workspace
         self.state: AgentState = "stopped"
         self.error: str | None = None
         self.info: InitializeResponse | None = None
         # Sessions this process knows: created here, or resumed/loaded since it started.
         self.attached: set[str] = set()
+        # session/new, /load and /resume calls this process answered: some agents keep a whole process
+        # for each (Claude Code), also when the same session is loaded again.
+        self.opened = 0
         self._handler = handler
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
@@ -74,6 +82,21 @@ class AgentProcess:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     @property
+    def active(self) -> bool:
+        """A process is starting or running."""
+        return self.state in ("starting", "running")
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for and the process has not left yet."""
+        return self._stopping and self.active
+
+    @property
+    def outdated(self) -> bool:
+        """The running process was started with another command, args or env than :attr:`spec`."""
+        return self.started_spec is not None and not self.started_spec.same_launch(self.spec)
+
+    @property
     def can_resume(self) -> bool:
         caps = self.info.agent_capabilities if self.info else None
         return bool(caps and caps.session_capabilities and caps.session_capabilities.resume is not None)
@@ -85,12 +108,17 @@ class AgentProcess:
 
     def describe(self) -> dict[str, Any]:
         info = self.info.agent_info if self.info else None
+        # Capabilities of the last process that initialized (None before the first one did).
+        known = self.info is not None
         return {
             "id": self.spec.id,
             "name": self.spec.display_name,
             "state": self.state,
             "error": self.error,
             "agent_info": info.model_dump(mode="json", by_alias=True, exclude_none=True) if info else None,
+            "load_session": self.can_load if known else None,
+            "resume": self.can_resume if known else None,
+            "restart_pending": self.outdated,
         }
 
     @property
@@ -100,9 +128,12 @@ class AgentProcess:
 
     async def connection(self) -> ClientSideConnection:
         """The live connection, starting the process first if needed."""
-        if self._conn is not None and self.state == "running":
+        if self._conn is not None and self.state == "running" and not self._stopping:
             return self._conn
         async with self._lock:
+            if self._stopping and self._proc is not None:
+                # recycle() was asked for but has not run yet: finish it before starting anew.
+                await self.stop()
             if self._conn is None or self.state != "running":
                 await self._start()
             assert self._conn is not None
@@ -110,11 +141,13 @@ class AgentProcess:
 
     async def _start(self) -> None:
         self.state, self.error, self._stopping = "starting", None, False
-        env = {**child_environment(), **self.spec.env}
+        # The spec may change while this process starts; `outdated` compares with this one.
+        spec = self.spec
+        env = {**child_environment(), **spec.env}
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.spec.command,
-                *self.spec.args,
+                spec.command,
+                *spec.args,
                 cwd=self.workspace,
                 env=env,
                 stdin=asyncio.subprocess.PIPE,
@@ -125,7 +158,7 @@ class AgentProcess:
                 start_new_session=True,
             )
         except OSError as exc:
-            self.state, self.error = "failed", f"cannot start {self.spec.command!r}: {exc}"
+            self.state, self.error = "failed", f"cannot start {spec.command!r}: {exc}"
             raise AgentUnavailable(self.error) from exc
         assert proc.stdin is not None and proc.stdout is not None
         # The SDK's router answers "method not found" for the client methods this handler lacks
@@ -149,8 +182,10 @@ class AgentProcess:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise AgentUnavailable(self.error) from exc
-        self._proc, self._conn = proc, conn
+        self._proc, self._conn, self.started_spec = proc, conn, spec
+        # A new process knows no session: the gateway re-attaches each one on its next use.
         self.attached = set()
+        self.opened = 0
         self.state = "running"
         self._watcher = asyncio.create_task(self._watch(proc, conn), name=f"agent-{self.spec.id}-watch")
         log.info("agent %s started (pid %s)", self.spec.id, proc.pid)
@@ -160,8 +195,9 @@ class AgentProcess:
         # Fails every request still waiting for an answer from this process (ConnectionError).
         await conn.close()
         if self._proc is proc:
-            self._proc, self._conn = None, None
+            self._proc, self._conn, self.started_spec = None, None, None
             self.attached = set()
+            self.opened = 0
             if self._stopping:
                 self.state = "stopped"
             else:
@@ -169,6 +205,22 @@ class AgentProcess:
                 log.warning("agent %s (pid %s) exited with code %s", self.spec.id, proc.pid, code)
         if not self._stopping:
             self._on_exit(self, code)
+
+    def recycle(self) -> asyncio.Task[None]:
+        """Stop the running process so that the next use starts one with the current :attr:`spec`.
+
+        The caller makes sure nothing uses the process. From this call on no new use picks it: a
+        :meth:`connection` waits for the stop, then starts a new process.
+        """
+        self._stopping = True
+        return asyncio.create_task(self._recycle(), name=f"agent-{self.spec.id}-recycle")
+
+    async def _recycle(self) -> None:
+        async with self._lock:
+            # A connection() that got the lock first has already stopped (and maybe restarted) it.
+            if self._stopping and self._proc is not None:
+                log.info("agent %s (pid %s): stopping it, its configuration changed", self.spec.id, self._proc.pid)
+                await self.stop()
 
     async def stop(self) -> None:
         """Close stdin (ACP agents exit on EOF), then SIGTERM, then SIGKILL the process group."""

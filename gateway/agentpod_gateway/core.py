@@ -7,6 +7,9 @@
 * Sessions are remembered in a :class:`~gateway.store.SessionStore`; after a restart a session is
   re-attached with ``session/resume`` (or a ``session/load`` whose replay is kept out of the event
   stream, so a consumer never sees old updates twice).
+* The agents can change while the gateway runs (:meth:`Gateway.update_agents`): an agent whose
+  process must go (new command, args or env, or removed) is stopped once nothing uses it, so a
+  running turn is never cut short; the next use starts it again with the new spec.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from acp.schema import (
 from pydantic import BaseModel
 
 from agentpod_gateway.agents import AgentProcess
-from agentpod_gateway.config import AgentSpec
+from agentpod_gateway.config import DEFAULT_AGENTS, AgentSpec
 from agentpod_gateway.errors import AgentUnavailable, Conflict, GatewayError, Invalid, NotFound, NotSupported
 from agentpod_gateway.events import EventLog
 from agentpod_gateway.store import SessionRecord, SessionStore, now
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for cancelled turns to end before it stops the agents anyway.
 SHUTDOWN_GRACE = 3.0
+# The session/update kinds a replayed history is made of.
+CONVERSATION_UPDATES = frozenset(
+    {"user_message_chunk", "agent_message_chunk", "agent_thought_chunk", "tool_call", "tool_call_update", "plan"}
+)
 
 
 class ShuttingDown(GatewayError):
@@ -57,6 +65,22 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError):
         return "the agent process went away"
     return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class AgentChanges:
+    """Which agent ids :meth:`Gateway.update_agents` added, changed (any field) and removed."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+    def __str__(self) -> str:
+        parts = (("added", self.added), ("changed", self.changed), ("removed", self.removed))
+        return "; ".join(f"{label} {', '.join(ids)}" for label, ids in parts if ids) or "no change"
 
 
 @dataclass
@@ -98,6 +122,11 @@ class SessionState:
     turn: Turn | None = None
     # Set while a session/load runs: the updates it replays are collected here, not published.
     capture: list[dict[str, Any]] | None = None
+    # The last history replayed, kept until the conversation changes (an update, a turn) or the agent
+    # process does: asking again costs nothing (each session/load of Claude Code starts a new Claude
+    # Code process of ~230 MB that the adapter never ends).
+    history: list[dict[str, Any]] | None = None
+    history_pid: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -133,10 +162,12 @@ class Gateway:
     ) -> None:
         self.workspace = workspace
         self.events = events or EventLog()
-        self._agents = {
-            agent_id: AgentProcess(spec, workspace, _AcpHandler(self, agent_id), self._on_agent_exit)
-            for agent_id, spec in agents.items()
-        }
+        self._agents = {agent_id: self._new_agent(spec) for agent_id, spec in agents.items()}
+        # Removed from the configuration while their process was in use: stopped once it is idle.
+        self._retired: dict[str, AgentProcess] = {}
+        # session/new requests in flight, per agent (the only use of an agent not tied to a session).
+        self._creating: Counter[str] = Counter()
+        self._recycling: set[asyncio.Task[None]] = set()
         self._store = SessionStore(state_dir)
         self._sessions: dict[str, SessionState] = {}
         self._permissions: dict[str, PendingPermission] = {}
@@ -180,10 +211,18 @@ class Gateway:
         return state
 
     def _agent(self, agent_id: str) -> AgentProcess:
+        """A configured agent; a removed one is unknown even while its last turn still runs."""
         agent = self._agents.get(agent_id)
         if agent is None:
             raise NotFound(f"unknown agent {agent_id}")
         return agent
+
+    def _process(self, agent_id: str) -> AgentProcess | None:
+        """The agent's process holder, configured or retired (for what a running turn still needs)."""
+        return self._agents.get(agent_id) or self._retired.get(agent_id)
+
+    def _new_agent(self, spec: AgentSpec) -> AgentProcess:
+        return AgentProcess(spec, self.workspace, _AcpHandler(self, spec.id), self._on_agent_exit)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -200,11 +239,16 @@ class Gateway:
             raise Invalid("cwd must be an absolute path")
         if not directory.is_dir():
             raise Invalid(f"cwd {directory} is not a directory")
-        conn = await agent.connection()
+        self._creating[agent_id] += 1
         try:
-            response = await conn.new_session(cwd=str(directory), mcp_servers=[])
-        except (RequestError, ConnectionError) as exc:
-            raise AgentUnavailable(f"session/new failed: {describe_error(exc)}") from exc
+            conn = await agent.connection()
+            try:
+                response = await conn.new_session(cwd=str(directory), mcp_servers=[])
+            except (RequestError, ConnectionError) as exc:
+                raise AgentUnavailable(f"session/new failed: {describe_error(exc)}") from exc
+        finally:
+            self._creating[agent_id] -= 1
+            self._settle(agent_id)
         record = SessionRecord(session_id=response.session_id, agent_id=agent_id, cwd=str(directory), created_at=now())
         try:
             self._store.add(record)
@@ -212,6 +256,7 @@ class Gateway:
             # The agent has the session but a restarted gateway would not know it: report it.
             raise GatewayError(f"session {record.session_id} created but not recorded: {exc}") from exc
         agent.attached.add(record.session_id)
+        agent.opened += 1
         self.events.publish(
             "session_created", {"session_id": record.session_id, "agent_id": agent_id, "cwd": record.cwd}
         )
@@ -221,10 +266,12 @@ class Gateway:
         """Start a turn in the background; its events follow on the stream."""
         self._check_open()
         state = self._state(session_id)
+        self._agent(state.record.agent_id)  # a session of a removed agent: 404, not a failed turn
         if state.busy:
             raise Conflict(f"session {session_id} is busy (a turn or a history load is running)")
         turn = Turn(turn_id=f"turn_{uuid.uuid4().hex}")
         state.turn = turn
+        state.history = None
         prompt = [text_block(text)]
         self.events.publish(
             "turn_start",
@@ -261,6 +308,7 @@ class Gateway:
             # An agent may leave a request unanswered when its turn ends; nobody can answer it now.
             self._cancel_permissions(session_id)
             self.events.publish("session_end_turn", end)
+            self._settle(state.record.agent_id)
 
     async def _attach(self, agent: AgentProcess, conn: ClientSideConnection, state: SessionState) -> None:
         """Make a session created by an earlier agent process known to this one."""
@@ -279,6 +327,7 @@ class Gateway:
         else:
             raise AgentUnavailable(f"agent {agent.spec.id} cannot reopen session {record.session_id}")
         agent.attached.add(record.session_id)
+        agent.opened += 1
 
     async def history(self, session_id: str) -> list[dict[str, Any]]:
         """The session's whole conversation as the agent replays it (``session/load``)."""
@@ -287,6 +336,8 @@ class Gateway:
         if state.busy:
             raise Conflict(f"session {session_id} is busy; its history is complete once the turn ends")
         agent = self._agent(state.record.agent_id)
+        if state.history is not None and state.history_pid is not None and state.history_pid == agent.pid:
+            return state.history
         state.capture = []
         try:
             conn = await agent.connection()
@@ -297,9 +348,12 @@ class Gateway:
             except (RequestError, ConnectionError) as exc:
                 raise AgentUnavailable(f"session/load failed: {describe_error(exc)}") from exc
             agent.attached.add(session_id)
+            agent.opened += 1
+            state.history, state.history_pid = state.capture, agent.pid
             return state.capture
         finally:
             state.capture = None
+            self._settle(agent.spec.id)
 
     async def cancel(self, session_id: str) -> Turn:
         """Ask the agent to stop the running turn; its ``session_end_turn`` says how it ended."""
@@ -308,7 +362,8 @@ class Gateway:
         if turn is None:
             raise Conflict(f"no turn is running in session {session_id}")
         turn.cancel_requested = True
-        conn = self._agent(state.record.agent_id).live_connection
+        agent = self._process(state.record.agent_id)
+        conn = agent.live_connection if agent is not None else None
         if turn.prompt_sent and conn is not None:
             # A notification: if the agent is already gone the turn ends with an error anyway.
             with contextlib.suppress(ConnectionError, OSError):
@@ -336,6 +391,8 @@ class Gateway:
         if state is not None and state.capture is not None:
             state.capture.append(payload)
             return
+        if state is not None and payload.get("sessionUpdate") in CONVERSATION_UPDATES:
+            state.history = None  # the conversation moved on (a command list or mode change does not count)
         self.events.publish("session_update", {"session_id": session_id, "update": payload})
 
     async def _ask_permission(
@@ -375,6 +432,7 @@ class Gateway:
                 "option_id": getattr(outcome, "option_id", None),
             },
         )
+        self._settle(pending.agent_id)
 
     def _cancel_permissions(self, session_id: str | None = None, agent_id: str | None = None) -> None:
         for pending in list(self._permissions.values()):
@@ -387,6 +445,77 @@ class Gateway:
         # Running turns fail by themselves (their requests get ConnectionError); this says why.
         self.events.publish("error", {"message": agent.error or f"agent exited with {code}", "agent_id": agent.spec.id})
         self._cancel_permissions(agent_id=agent.spec.id)
+        self._settle(agent.spec.id)
+
+    # --- configuration changes -----------------------------------------------------------------
+
+    def update_agents(self, specs: dict[str, AgentSpec]) -> AgentChanges:
+        """Make ``specs`` the configured agents (the built-in ones stay when ``specs`` lacks them).
+
+        New ids are added at once. A changed command, args or env applies at the agent's next start:
+        a running process is stopped as soon as nothing uses it (no turn or history load on any of its
+        sessions, no pending permission request, no session/new), so a running turn ends untouched
+        and the next use starts the process anew (sessions are re-attached as after any restart).
+        A removed id is unknown at once (404) and its process is stopped the same way.
+        """
+        specs = {**DEFAULT_AGENTS, **specs}
+        added: list[str] = []
+        changed: list[str] = []
+        removed = [agent_id for agent_id in self._agents if agent_id not in specs]
+        for agent_id in removed:
+            gone = self._agents.pop(agent_id)
+            if gone.active:
+                self._retired[agent_id] = gone
+        for agent_id, spec in specs.items():
+            agent = self._agents.get(agent_id)
+            if agent is not None:
+                if agent.spec != spec:
+                    changed.append(agent_id)
+                agent.spec = spec
+                continue
+            added.append(agent_id)
+            # Re-added while its old process still finishes a turn: keep one process per id.
+            agent = self._retired.pop(agent_id, None) or self._new_agent(spec)
+            agent.spec = spec
+            self._agents[agent_id] = agent
+        for agent_id in [*changed, *removed, *added]:
+            self._settle(agent_id)
+        return AgentChanges(tuple(added), tuple(changed), tuple(removed))
+
+    def _idle(self, agent_id: str) -> bool:
+        if self._creating[agent_id] or any(p.agent_id == agent_id for p in self._permissions.values()):
+            return False
+        return not any(state.busy for state in self._sessions.values() if state.record.agent_id == agent_id)
+
+    def _settle(self, agent_id: str) -> None:
+        """Stop the agent's process if it must go (outdated spec, or removed) and nothing uses it now."""
+        if self._closing:
+            return
+        retired = self._retired.get(agent_id)
+        agent = retired or self._agents.get(agent_id)
+        if agent is None:
+            return
+        if retired is not None and not retired.active:
+            del self._retired[agent_id]
+            return
+        # An idle process holding more sessions than its spec allows goes: the next use starts a fresh one
+        # that reopens only what it needs (a reconcile after a gateway restart reopens every session).
+        limit = agent.spec.max_open_sessions
+        overloaded = limit is not None and agent.opened > limit
+        if not (retired is not None or agent.outdated or overloaded) or agent.stopping or not self._idle(agent_id):
+            return
+        # recycle() marks the process synchronously, in the same step as the idle check: no new
+        # turn can pick it up in between.
+        task = agent.recycle()
+        self._recycling.add(task)
+        task.add_done_callback(lambda done: self._recycled(agent_id, agent, done))
+
+    def _recycled(self, agent_id: str, agent: AgentProcess, task: asyncio.Task[None]) -> None:
+        self._recycling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping agent %s failed: %r", agent_id, task.exception())
+        if self._retired.get(agent_id) is agent and not agent.active:
+            del self._retired[agent_id]
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -411,4 +540,5 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.events.close()
-        await asyncio.gather(*(agent.stop() for agent in self._agents.values()), return_exceptions=True)
+        agents = [*self._agents.values(), *self._retired.values()]
+        await asyncio.gather(*self._recycling, *(agent.stop() for agent in agents), return_exceptions=True)

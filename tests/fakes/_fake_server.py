@@ -26,7 +26,9 @@ PLAIN_REPLY = "Hello from the fake LLM. This reply is streamed."
 REASONING = "Let me think about this step by step."
 REASONED_REPLY = "After thinking: the answer is 42."
 TOOL_PREAMBLE = "Running a command."
-TOOL_COMMAND = "echo hello-from-tool"
+# Not a read-only command (it writes a file): Claude Code and Codex run read-only ones (echo, ls, ...)
+# without asking, and the tests need the permission request.
+TOOL_COMMAND = "printf hello-from-tool | tee tool-output.txt"
 TOOL_DESCRIPTION = "Echo a greeting"
 TITLE = "Fake title"
 BURST_DEFAULT = 2000

@@ -9,7 +9,7 @@ keyword in the **last user turn's text** (text blocks only: ``tool_result`` bloc
 ``ERROR400``    HTTP 400 ``invalid_request_error`` -> a non-retryable API error
 ``RETRY``       the first request for a given prompt text gets HTTP 503 (``RETRY429``: HTTP 429), later ones
                 a plain reply -> the client retries. Failures are counted per distinct prompt text.
-``TOOL``        a text block, then a ``tool_use`` block calling ``Bash`` (``echo hello-from-tool``;
+``TOOL``        a text block, then a ``tool_use`` block calling ``Bash`` (:data:`TOOL_COMMAND`;
                 without a ``Bash`` tool the first tool named like ``*__Bash`` or containing "bash"), stop
                 reason ``tool_use``; once the tool result comes back (the last message is a user message
                 with a ``tool_result`` block) a text reply quoting the tool output

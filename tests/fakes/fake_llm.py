@@ -9,7 +9,7 @@ which is what OpenCode sends) or as one JSON body. The behaviour is chosen by an
 ``RETRY``       the first request for a given prompt text gets HTTP 503 (``RETRY429``: HTTP 429), later ones
                 a plain reply -> OpenCode shows ``session.status`` ``retry`` and retries (after ~2 s).
                 Failures are counted per distinct prompt text: put a unique token in the prompt to repeat.
-``TOOL``        a streamed ``bash`` tool call (``echo hello-from-tool``); once the tool result comes back
+``TOOL``        a streamed ``bash`` tool call (:data:`TOOL_COMMAND`); once the tool result comes back
                 (last message has role ``tool``) a text reply quoting the tool output
 ``REASON``      ``reasoning_content`` chunks, then text chunks
 ``SLOW``        100 text chunks 100 ms apart (~10 s; time to abort or kill mid-reply)

@@ -10,7 +10,7 @@ wins:
 ``ERROR400``    HTTP 400 ``invalid_request_error`` -> a non-retryable API error
 ``RETRY``       the first request for a given prompt text gets HTTP 503 (``RETRY429``: HTTP 429), later ones
                 a plain reply -> the client retries. Failures are counted per distinct prompt text.
-``TOOL``        a message item, then a ``function_call`` item running ``echo hello-from-tool`` through
+``TOOL``        a message item, then a ``function_call`` item running :data:`TOOL_COMMAND` through
                 Codex's shell tool, whichever the request offers: ``shell`` (``{"command": ["bash", "-lc",
                 ...]}``), ``shell_command`` (``{"command": ...}``), ``exec_command`` (``{"cmd": ...}``), or
                 a ``local_shell_call`` for a ``local_shell`` tool; once a ``function_call_output`` comes

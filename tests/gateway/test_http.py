@@ -50,7 +50,17 @@ async def test_secret_file_gates_every_route_but_health(base_url: str, secret_fi
         agents = await http.get("/agents", headers=auth())
         assert agents.status_code == 200
         assert agents.json()["agents"] == [
-            {"id": "opencode", "name": "opencode", "state": "stopped", "error": None, "agent_info": None}
+            {
+                "id": "opencode",
+                "name": "opencode",
+                "state": "stopped",
+                "error": None,
+                "agent_info": None,
+                # Unknown until the agent initialized once.
+                "load_session": None,
+                "resume": None,
+                "restart_pending": False,
+            }
         ]
 
         # The file is re-read when it changes (a rotated secret replaces the old one).
