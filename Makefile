@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml gateway/pyproject.toml
 run: venv ## migrate, then Temporal dev server + UI, worker and API (Ctrl-C stops all)
 	$(BIN)/agentpod dev
 
+# Two processes side by side: the Docker tests (they share the engine's sandbox network, whose host
+# firewall allowlists one stack's test services at a time, so they run one after another) and all the
+# others. Each has its own temporary directory; the second's report follows the first's.
+TEST_TMP := $(or $(TMPDIR),/tmp)/agentpod-tests
+
 test: venv ## e.g. make test PYTEST_ARGS='-k sandbox -x'
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	@mkdir -p $(TEST_TMP)
+	@$(BIN)/pytest -q -m "not docker" --basetemp=$(TEST_TMP)/rest $(PYTEST_ARGS) > $(TEST_TMP)/rest.log 2>&1 & rest=$$!; \
+	$(BIN)/pytest -q -m docker --basetemp=$(TEST_TMP)/docker $(PYTEST_ARGS); docker=$$?; \
+	wait $$rest; others=$$?; \
+	echo; echo "=== tests without Docker ==="; cat $(TEST_TMP)/rest.log; \
+	[ $$docker -eq 0 -o $$docker -eq 5 ] && [ $$others -eq 0 -o $$others -eq 5 ]
 
 lint: venv
 	$(BIN)/ruff check .

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.domain.activity import ActivityEvent
 from agentpod.store.activity import record_activity
+from agentpod.store.base import utcnow
 from api.context import AppContext
 from api.deps import Auth, ClientIp, Context
 from api.errors import request_id_of
@@ -326,6 +327,8 @@ class AuditWriter:
 
     async def record(self, event: ActivityEvent) -> None:
         """Queue ``event``; if the queue is full or closed, write it right here instead."""
+        if event.occurred_at is None:  # stamped now: the write may come a moment later
+            event = event.model_copy(update={"occurred_at": utcnow()})
         item = (str(uuid.uuid4()), event)
         if self._task is not None and not self._closing:
             try:

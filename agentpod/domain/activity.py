@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -17,6 +18,9 @@ class ActivityEvent(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     ip_address: str | None = None
     user_agent: str | None = None
+    # When it happened, if that is not when it is written: a queued event keeps its moment, so the feed's
+    # order is the order things happened in.
+    occurred_at: datetime | None = None
 
 
 class RecordActivityInput(BaseModel):

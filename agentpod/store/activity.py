@@ -24,6 +24,7 @@ def _fields(event: ActivityEvent) -> dict[str, Any]:
         "entity_id": event.entity_id,
         "ip_address": event.ip_address,
         "user_agent": (event.user_agent or "")[:_USER_AGENT_MAX] or None,
+        **({"created_at": event.occurred_at} if event.occurred_at is not None else {}),
     }
 
 

@@ -7,8 +7,8 @@ provider arrives (it reaches the running sandbox with the config push); a plain 
 store, with the user's own key at the model; a tool call waits for a permission answered through our API
 (never by itself), then runs; a cancel mid-turn is mirrored as cancelled; the gateway killed mid-turn
 leaves ours equal to the agent's history (its ``session/load`` rebuilds the conversation), nothing twice,
-and the next turn goes on; the chat list filters by agent; another user can touch none of it; and the
-conversation is still ours after the container is gone.
+and the next turn goes on; the model's thinking is kept beside its reply; the chat list filters by agent;
+another user can touch none of it; and the conversation is still ours after the container is gone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from agentpod.security.sandbox_secrets import gateway_secrets
 from agentpod.store.tables import ActivityLog, Sandbox
 from tests.acp.conftest import BASE, KILL_GATEWAY, TIMEOUT, Chat, start_chat, summary
 from tests.fakes._fake_server import FakeServer
-from tests.fakes.fake_llm import PLAIN_REPLY, TOOL_COMMAND, FakeLLM
+from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_COMMAND, FakeLLM
 from tests.helpers import auth_header, eventually, sign_up
 from tests.workflows.conftest import Stack
 from workflows.ids import sandbox_sync_workflow_id
@@ -241,6 +241,11 @@ async def test_an_agent_is_driven_and_persisted_like_every_other(
 
     await _tool_turn(stack, chat, agent)
     messages = await _gateway_killed_mid_turn(stack, chat, await _cancelled_turn(chat))
+
+    # The model's thinking is kept beside the reply, whichever agent relayed it.
+    await chat.prompt("REASON please")
+    messages = await chat.wait(len(messages) + 2, "complete")
+    assert REASONING in (messages[-1]["thinking"] or "") and REASONED_REPLY in (messages[-1]["text"] or "")
 
     # Listed once, as a conversation with this agent, even after the OpenCode mirror reconciled its store
     # (`opencode acp` keeps its sessions where the OpenCode server does).

@@ -76,6 +76,8 @@ def labelled_containers() -> Iterator[tuple[Any, str, str]]:
         purge(docker, orphan_id)
 
 
+@pytest.mark.docker
+@pytest.mark.temporal
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_import_creates_rows_and_workflows_once(
     labelled_containers: tuple[Any, str, str],

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentpod.clients.opencode import OpenCodeClient
 from agentpod.settings import Settings
-from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_PREAMBLE, FakeLLM
+from tests.fakes.fake_llm import PLAIN_REPLY, REASONED_REPLY, REASONING, TOOL_COMMAND, TOOL_PREAMBLE, FakeLLM
 from tests.fakes.opencode_server import EventTap, OpenCodeProcess
 from tests.helpers import Owner, eventually, make_owner
 from tests.sync.conftest import (
@@ -135,7 +135,7 @@ async def test_tool_call_fills_tool_calls_and_results(
     call, answer = rows[1], rows[2]
     assert call.text is not None and call.text.strip() == TOOL_PREAMBLE
     assert call.tool_calls is not None and call.tool_calls[0]["tool"] == "bash"
-    assert call.tool_calls[0]["input"]["command"] == "echo hello-from-tool"
+    assert call.tool_calls[0]["input"]["command"] == TOOL_COMMAND
     assert call.tool_results is not None and call.tool_results[0]["status"] == "completed"
     assert "hello-from-tool" in call.tool_results[0]["output"]
     assert answer.text is not None and "hello-from-tool" in answer.text
